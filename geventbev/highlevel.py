@@ -1,0 +1,325 @@
+"""The convenience layer: connect(), serve() and a socket-like adapter.
+
+These are thin compositions of the bufferevent API for code that wants to
+look synchronous: ``connect`` returns once connected, ``serve`` runs one
+handler greenlet per connection, and ``BufferEventSocket`` lets code
+written against the socket module run over any bufferevent unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any, Callable, Optional
+
+from gevent.pool import Group
+
+from .base import EventBase
+from .bufferevent import BufferEvent
+from .constants import EV_READ, EV_WRITE, Option
+from .errors import BufferEventError, UnsupportedOperation
+from .listener import Listener
+from .sock import socket_new
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["connect", "serve", "Server", "BufferEventSocket"]
+
+#: How long a finished connection may take to send what its handler left
+#: in the output before it is freed anyway, in seconds.
+CLOSE_DRAIN_TIMEOUT = 30.0
+
+
+def _not_yet(feature: str, value: Any) -> None:
+    # TLS and rate limits are built on later; refuse clearly meanwhile.
+    if value is not None:
+        raise UnsupportedOperation(f"{feature} is not supported by this version")
+
+
+def _is_ip_literal(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def connect(
+    address: Any,
+    *,
+    ssl: Any = None,
+    server_hostname: Optional[str] = None,
+    rate_limit: Any = None,
+    group: Any = None,
+    timeout: Optional[float] = None,
+    base: Optional[EventBase] = None,
+) -> BufferEvent:
+    """Connect to ``address`` and return a ready socket bufferevent.
+
+    Host names are resolved with gevent's resolver.  The bufferevent has
+    reading and writing enabled and closes its socket when freed.
+
+    Raises:
+        BufferEventError: the connection failed (cause: the OSError or
+            resolver error).
+        TimeoutError: not connected within ``timeout`` seconds.
+        UnsupportedOperation: ``ssl``, ``rate_limit`` or ``group`` given
+            (not available in this version).
+    """
+    _not_yet("ssl", ssl)
+    _not_yet("server_hostname", server_hostname)
+    _not_yet("rate_limit", rate_limit)
+    _not_yet("group", group)
+    bev = socket_new(None, Option.CLOSE_ON_FREE, base=base)
+    try:
+        if (
+            isinstance(address, tuple)
+            and len(address) == 2
+            and isinstance(address[0], str)
+            and not _is_ip_literal(address[0])
+        ):
+            bev.connect_hostname(address[0], address[1])
+        else:
+            bev.connect(address)
+        bev.wait_connected(timeout)
+    except BaseException:
+        bev.free()
+        raise
+    bev.enable(EV_READ | EV_WRITE)
+    return bev
+
+
+def _finish(bev: BufferEvent, timeout: Optional[float]) -> None:
+    """Send what is left in the output (bounded by ``timeout`` or
+    CLOSE_DRAIN_TIMEOUT), then free ``bev``; unsent bytes are logged."""
+    if bev.freed:
+        return
+    try:
+        if len(bev.output):
+            bev.drain(timeout=CLOSE_DRAIN_TIMEOUT if timeout is None else timeout)
+    except (BufferEventError, TimeoutError) as exc:
+        logger.warning("%r: closing with %d unsent bytes: %s", bev, len(bev.output), exc)
+    finally:
+        bev.free()
+
+
+class Server:
+    """A running ``serve()``: one handler greenlet per connection.
+
+    Attributes:
+        address: the bound address (the real port when 0 was asked for).
+    """
+
+    def __init__(
+        self,
+        address: Any,
+        handler: Callable[[BufferEvent], Any],
+        max_connections: Optional[int],
+        base: Optional[EventBase],
+    ) -> None:
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        if max_connections is not None and (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        self._handler = handler
+        self._max = max_connections
+        self._handlers = Group()
+        self._listener = Listener(self._accepted, address, base=base)
+        self.address = self._listener.getsockname()
+        self._base = self._listener.base
+
+    def __repr__(self) -> str:
+        return f"<Server {self.address!r} connections={len(self._handlers)}>"
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def _accepted(self, listener: Listener, sock: Any, address: Any, ctx: Any) -> None:
+        bev = socket_new(sock, Option.CLOSE_ON_FREE, base=self._base)
+        bev.enable(EV_READ | EV_WRITE)
+        self._handlers.spawn(self._run_handler, bev)
+        if self._max is not None and len(self._handlers) >= self._max:
+            listener.disable()
+
+    def _run_handler(self, bev: BufferEvent) -> None:
+        try:
+            self._handler(bev)
+        except Exception:
+            self._base.hub.handle_error(self._handler, *sys.exc_info())
+        finally:
+            _finish(bev, None)
+            if self._max is not None and not self._listener.freed:
+                # This greenlet is still counted until it returns.
+                if len(self._handlers) - 1 < self._max:
+                    self._listener.enable()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop accepting, wait up to ``timeout`` seconds for the running
+        handlers, then kill the ones still running (their bufferevents are
+        freed)."""
+        self._listener.free()
+        self._handlers.join(timeout=timeout)
+        self._handlers.kill(block=True, timeout=1.0)
+
+
+def serve(
+    address: Any,
+    handler: Callable[[BufferEvent], Any],
+    *,
+    ssl: Any = None,
+    rate_limit: Any = None,
+    group: Any = None,
+    max_connections: Optional[int] = None,
+    base: Optional[EventBase] = None,
+) -> Server:
+    """Listen on ``address`` and run ``handler(bev)`` per connection.
+
+    Each handler runs in its own greenlet with reading and writing enabled;
+    when it returns, what it left in the output is sent (bounded by
+    ``CLOSE_DRAIN_TIMEOUT``) and the bufferevent is freed.  An exception in
+    a handler goes to the hub's error handler and closes that connection.
+    With ``max_connections``, accepting pauses while that many handlers run.
+
+    Raises:
+        UnsupportedOperation: ``ssl``, ``rate_limit`` or ``group`` given
+            (not available in this version).
+        OSError: binding failed.
+    """
+    _not_yet("ssl", ssl)
+    _not_yet("rate_limit", rate_limit)
+    _not_yet("group", group)
+    return Server(address, handler, max_connections, base)
+
+
+class BufferEventSocket:
+    """A socket-compatible object over any bufferevent.
+
+    Legacy code written for sockets (``recv``, ``sendall``, ``makefile``,
+    timeouts) runs unchanged on top of a socket, pair, filter or TLS
+    bufferevent.  Errors are raised the way a socket raises them: the
+    transport's ``OSError`` itself, and ``socket.timeout`` on timeouts.
+    Closing the adapter sends what is queued (bounded by the timeout, or
+    ``CLOSE_DRAIN_TIMEOUT``) and frees the bufferevent.
+    """
+
+    def __init__(self, bev: BufferEvent) -> None:
+        if not isinstance(bev, BufferEvent):
+            raise TypeError(f"bev must be a BufferEvent, got {type(bev).__name__}")
+        self.bev = bev
+        self._timeout: Optional[float] = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<BufferEventSocket {self.bev!r}>"
+
+    def __enter__(self) -> BufferEventSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        """Seconds each blocking call may take (None: forever)."""
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        self._timeout = timeout
+
+    def gettimeout(self) -> Optional[float]:
+        """The timeout set by ``settimeout``."""
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        """``setblocking(False)`` is ``settimeout(0.0)``, as for sockets."""
+        self._timeout = None if flag else 0.0
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise OSError(9, "Bad file descriptor")
+        try:
+            return fn(*args, timeout=self._timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, socket.timeout):  # Python 3.10+: the same class
+                raise
+            raise socket.timeout(str(exc)) from None
+        except BufferEventError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError):
+                raise cause from exc
+            raise
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Up to ``bufsize`` bytes; b"" at EOF."""
+        if flags:
+            raise ValueError("recv flags are not supported")
+        return self._call(self.bev.read_some, bufsize)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Read into ``buffer``; returns the byte count (0 at EOF)."""
+        view = memoryview(buffer)
+        nbytes = nbytes or len(view)
+        data = self.recv(nbytes, flags)
+        view[: len(data)] = data
+        return len(data)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Queue all of ``data`` and wait until it drained below the write
+        low watermark; returns ``len(data)``."""
+        if flags:
+            raise ValueError("send flags are not supported")
+        data = bytes(data)
+        self._call(self.bev.write_all, data)
+        return len(data)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data``."""
+        self.send(data, flags)
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR: send EOF after the queued output; SHUT_RD: stop reading."""
+        if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
+            raise ValueError(f"how must be SHUT_RD, SHUT_WR or SHUT_RDWR, got {how!r}")
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            self.bev.disable(EV_READ)
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self.bev.shutdown_write()
+
+    def close(self) -> None:
+        """Send what is queued (bounded), then free the bufferevent."""
+        if self._closed:
+            return
+        self._closed = True
+        _finish(self.bev, self._timeout)
+
+    def fileno(self) -> int:
+        return self.bev.fileno()
+
+    def getpeername(self) -> Any:
+        return self._sockcall("getpeername")
+
+    def getsockname(self) -> Any:
+        return self._sockcall("getsockname")
+
+    def _sockcall(self, name: str) -> Any:
+        fn = getattr(self.bev, name, None)
+        if fn is None:
+            raise OSError(f"{type(self.bev).__name__} has no {name}")
+        return fn()
+
+    def makefile(self, mode: str = "r", buffering: Optional[int] = None, **_: Any) -> Any:
+        """A file object over the bufferevent (see ``BufferEvent.makefile``)."""
+        return self.bev.makefile(mode, -1 if buffering is None else buffering)
+
+

@@ -1,0 +1,496 @@
+"""Socket bufferevents: a reader and a writer greenlet over one socket.
+
+Theory of operation
+-------------------
+
+The socket itself is a plain non-blocking stdlib socket; the two greenlets
+make it cooperative by parking on the hub's io watchers when the kernel
+says EAGAIN.  Each greenlet has three places it can park:
+
+* its wake-up slot (``_Wakeup``), while its direction is not wanted
+  (disabled, suspended by a watermark, nothing to send, not connected);
+* the socket's io watcher, while the kernel has nothing for it;
+* a zero-second yield after a read or write that used its whole budget,
+  so a connection that always has data cannot starve other greenlets
+  (max single read and write apply per turn of the loop).
+
+The writer also finishes connects: after a non-blocking ``connect`` it
+waits for writability, reads SO_ERROR and reports CONNECTED or ERROR.  The
+reader does not touch the socket before the connection is established.
+
+Who runs user callbacks: the greenlet that moved the bytes (reader: read
+and EOF/ERROR-on-read callbacks; writer: CONNECTED, write callbacks and
+write errors), unless DEFER_CALLBACKS queues them on the EventBase.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import Any, Optional, Union
+
+import gevent
+import gevent.socket
+from gevent import getcurrent
+
+from .base import EventBase
+from .bufferevent import SUSPEND_LOOKUP, BufferEvent
+from .constants import EV_READ, EV_WRITE, Event, FlushMode, Option
+from .errors import BufferEventError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SocketBufferEvent", "socket_new"]
+
+# One recv never asks for more than this, whatever max_single_read says:
+# Python's recv allocates its whole size up front.
+_RECV_CAP = 1 << 20
+
+_CONNECT_IN_PROGRESS = {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
+
+
+class _Wakeup:
+    """A one-greenlet parking slot that is cheap to signal.
+
+    ``set()`` may be called from any greenlet or from the hub; it schedules
+    the parked greenlet to resume, or, if none is parked, makes the next
+    ``wait()`` return at once.  Only the owning greenlet may ``wait()``.
+    """
+
+    __slots__ = ("_hub", "_waiter", "_flag")
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+        self._waiter: Any = None
+        self._flag = False
+
+    def wait(self) -> None:
+        if self._flag:
+            self._flag = False
+            return
+        self._waiter = getcurrent()
+        try:
+            self._hub.switch()
+        finally:
+            self._waiter = None
+            self._flag = False
+
+    def set(self) -> None:
+        if self._flag:
+            return
+        self._flag = True
+        if self._waiter is not None:
+            self._hub.loop.run_callback(self._resume)
+
+    def _resume(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and self._flag:
+            waiter.switch()
+
+
+def _family_for(address: Any) -> int:
+    if isinstance(address, (str, bytes)):
+        return socket.AF_UNIX
+    if isinstance(address, tuple) and len(address) in (2, 4):
+        host = address[0]
+        if len(address) == 4:
+            return socket.AF_INET6
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+            return socket.AF_INET6
+        except (OSError, TypeError):
+            return socket.AF_INET
+    raise TypeError(
+        f"address must be (host, port), (host, port, flow, scope) or a path, "
+        f"got {address!r}"
+    )
+
+
+class SocketBufferEvent(BufferEvent):
+    """A bufferevent on a stream socket (TCP over IPv4/IPv6, or AF_UNIX).
+
+    Create it with ``socket_new``.  With a connected socket it starts
+    working at once; without one, call ``connect`` or ``connect_hostname``
+    and wait for CONNECTED (event callback) or use ``wait_connected``.
+    """
+
+    def __init__(
+        self,
+        sock: Union[socket.socket, int, None] = None,
+        options: int = 0,
+        *,
+        base: Optional[EventBase] = None,
+    ) -> None:
+        super().__init__(base, options)
+        self._sock: Optional[socket.socket] = None
+        self._user_sock: Any = None
+        self._connecting = False
+        self._shutdown_pending = False
+        self._write_kick = False
+        self._dns_error = 0
+        self._reader: Optional[gevent.Greenlet] = None
+        self._writer: Optional[gevent.Greenlet] = None
+        self._lookup: Optional[gevent.Greenlet] = None
+        hub = self.base.hub
+        self._read_wake = _Wakeup(hub)
+        self._write_wake = _Wakeup(hub)
+        if sock is not None:
+            self._attach(sock)
+            self._connected = True
+            self._start_greenlets()
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]} fd={self.fileno()}>"
+
+    # -- setup --------------------------------------------------------------
+
+    def _attach(self, sock: Union[socket.socket, int]) -> None:
+        """Wrap the file descriptor of ``sock`` in our own non-blocking socket."""
+        if isinstance(sock, bool):
+            raise TypeError("sock must be a socket, a file descriptor or None")
+        if isinstance(sock, int):
+            if sock < 0:
+                raise ValueError(f"sock must be a valid file descriptor, got {sock}")
+            fd = sock
+        elif hasattr(sock, "fileno"):
+            fd = sock.fileno()
+            if fd < 0:
+                raise ValueError("sock is closed")
+            self._user_sock = sock
+        else:
+            raise TypeError(
+                f"sock must be a socket, a file descriptor or None, "
+                f"got {type(sock).__name__}"
+            )
+        try:
+            own = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ValueError(f"sock is not a usable socket: {exc}") from exc
+        if own.type != socket.SOCK_STREAM:
+            own.detach()
+            raise ValueError("sock must be a stream socket (SOCK_STREAM)")
+        own.setblocking(False)
+        if own.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._sock = own
+        loop = self.base.loop
+        self._read_watcher = loop.io(fd, 1)
+        self._write_watcher = loop.io(fd, 2)
+
+    def _start_greenlets(self) -> None:
+        self._reader = gevent.spawn(self._reader_loop)
+        self._writer = gevent.spawn(self._writer_loop)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 before connect / after free."""
+        sock = self._sock
+        return sock.fileno() if sock is not None else -1
+
+    def getpeername(self) -> Any:
+        """The peer's address (raises OSError when not connected)."""
+        self._check_alive()
+        if self._sock is None:
+            raise OSError(errno.ENOTCONN, "not connected")
+        return self._sock.getpeername()
+
+    def getsockname(self) -> Any:
+        """The local address of the socket."""
+        self._check_alive()
+        if self._sock is None:
+            raise OSError(errno.ENOTCONN, "no socket yet")
+        return self._sock.getsockname()
+
+    def get_dns_error(self) -> int:
+        """The last resolver error code of ``connect_hostname`` (0: none)."""
+        return self._dns_error
+
+    # -- connecting ---------------------------------------------------------
+
+    def connect(self, address: Any) -> None:
+        """Start connecting to ``address``; CONNECTED or ERROR follows.
+
+        Creates the socket when the bufferevent has none.  A refusal is
+        reported as an ERROR event (never raised), as libevent does, even
+        when the kernel refuses at once.
+
+        Raises:
+            TypeError: ``address`` is not a socket address.
+            BufferEventError: already connected or connecting, or the
+                connect failed at once for a reason other than refusal
+                (cause: the OSError).
+        """
+        self._check_alive()
+        family = _family_for(address)
+        if self._connected or self._connecting:
+            raise BufferEventError("connect: already connected or connecting")
+        created = False
+        if self._sock is None:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise BufferEventError(f"connect: cannot create socket: {exc}") from exc
+            self._attach(sock)
+            created = True
+            # _attach wrapped the fd in a second object; keep ours only.
+            sock.detach()
+            self._user_sock = None
+        assert self._sock is not None
+        logger.debug("%r: connecting to %r", self, address)
+        err = self._sock.connect_ex(address)
+        if err in _CONNECT_IN_PROGRESS:
+            self._connecting = True
+            if self._writer is None:
+                self._start_greenlets()
+            else:
+                self._write_wake.set()
+            return
+        exc = OSError(err, os.strerror(err))
+        if err == errno.ECONNREFUSED:
+            # Reported like an asynchronous failure, and always deferred.
+            self._dead = True
+            self._enabled &= ~(EV_READ | EV_WRITE)
+            self.base.run_deferred(self._report_event, Event.ERROR, exc)
+            return
+        if created:
+            self._close_socket()
+        raise BufferEventError(f"connect to {address!r} failed: {exc}") from exc
+
+    def connect_hostname(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> None:
+        """Resolve ``host`` with gevent's resolver, then connect to the first
+        address found.  A failed lookup is an ERROR event and
+        ``get_dns_error()`` returns the resolver's code.
+
+        Raises:
+            ValueError: ``port`` outside 1..65535 or an unsupported family.
+        """
+        self._check_alive()
+        if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"family must be AF_UNSPEC, AF_INET or AF_INET6, got {family}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+        if not isinstance(host, str) or not host:
+            raise TypeError(f"host must be a non-empty str, got {host!r}")
+        self._suspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
+        self._lookup = gevent.spawn(self._resolve_and_connect, host, port, family)
+
+    def _resolve_and_connect(self, host: str, port: int, family: int) -> None:
+        try:
+            infos = gevent.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            self._lookup = None
+            if self._freed:
+                return
+            self._dns_error = exc.errno or -1
+            self._dead = True
+            self._unsuspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
+            self._report_event(Event.ERROR, exc)
+            return
+        self._lookup = None
+        if self._freed:
+            return
+        self._dns_error = 0
+        self._unsuspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
+        address = infos[0][4]
+        try:
+            self.connect(address)
+        except BufferEventError as exc:
+            self._dead = True
+            self._report_event(Event.ERROR, exc.__cause__ or exc)
+
+    def _finish_connect(self) -> bool:
+        """In the writer: wait for the connect to complete; True if it did."""
+        sock = self._sock
+        assert sock is not None
+        self.base.hub.wait(self._write_watcher)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._connecting = False
+        if err:
+            exc = OSError(err, os.strerror(err))
+            logger.debug("%r: connect failed: %s", self, exc)
+            self._dead = True
+            self._report_event(Event.ERROR, exc)
+            return False
+        logger.debug("%r: connected", self)
+        self._report_event(Event.CONNECTED)
+        self._read_wake.set()
+        return True
+
+    # -- the two greenlets --------------------------------------------------
+
+    def _reader_loop(self) -> None:
+        hub = self.base.hub
+        wake = self._read_wake
+        inp = self.input
+        sleep = gevent.sleep
+        while not self._freed:
+            if not (self._connected and self._reading_wanted()) or self._eof:
+                wake.wait()
+                continue
+            budget = self._read_budget()
+            if budget <= 0:
+                self._check_read_high()
+                continue
+            try:
+                data = self._sock.recv(min(budget, _RECV_CAP))  # type: ignore[union-attr]
+            except BlockingIOError:
+                hub.wait(self._read_watcher)
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._report_event(Event.READING | Event.ERROR, exc)
+                return
+            if not data:
+                logger.debug("%r: EOF", self)
+                self._report_event(Event.READING | Event.EOF)
+                return
+            inp._append_internal(data)
+            self._after_read(len(data))
+            self._bytes_read()
+            if len(data) == budget and not self._freed:
+                sleep(0)
+
+    def _after_read(self, nbytes: int) -> None:
+        """Hook for rate limiting: ``nbytes`` were just read."""
+        if self._read_high and len(self.input) >= self._read_high:
+            self._check_read_high()
+
+    def _writer_loop(self) -> None:
+        if self._connecting and not self._finish_connect():
+            return
+        hub = self.base.hub
+        wake = self._write_wake
+        out = self.output
+        sleep = gevent.sleep
+        while not self._freed:
+            if not (self._connected and self._writing_wanted()) or not len(out):
+                if self._write_kick and self._connected:
+                    # enable(EV_WRITE) on an idle connection: one write
+                    # callback, as libevent gives (users rely on it).
+                    self._write_kick = False
+                    self._trigger_write()
+                    continue
+                if self._shutdown_pending and not len(out) and self._connected:
+                    self._shutdown_pending = False
+                    self._do_shutdown_write()
+                    if self._freed:
+                        return
+                wake.wait()
+                continue
+            budget = self._max_single_write
+            view = out._peek_chunk(budget)
+            try:
+                sent = self._sock.send(view)  # type: ignore[union-attr]
+            except BlockingIOError:
+                hub.wait(self._write_watcher)
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._report_event(Event.WRITING | Event.ERROR, exc)
+                return
+            finally:
+                view.release()
+            if not sent:
+                self._report_event(Event.WRITING | Event.EOF)
+                return
+            out._drain_internal(sent)
+            self._write_kick = False
+            self._bytes_written()
+            if sent == budget and len(out) and not self._freed:
+                sleep(0)
+
+    def _do_shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError as exc:
+            logger.debug("%r: shutdown(SHUT_WR) failed: %s", self, exc)
+        else:
+            logger.debug("%r: write side shut down", self)
+        if self._waiters:
+            self._notify()
+
+    # -- hooks --------------------------------------------------------------
+
+    def _kind_start(self, what: int) -> None:
+        if what & EV_READ:
+            self._read_wake.set()
+        if what & EV_WRITE:
+            self._write_kick = True
+            self._write_wake.set()
+
+    def _kind_output_grew(self) -> None:
+        self._write_wake.set()
+
+    def _kind_flush(self, what: int, mode: FlushMode) -> int:
+        # The writer already sends as fast as the peer takes bytes.
+        return 0
+
+    def shutdown_write(self) -> None:
+        """Shut down the sending side once all queued output has been sent.
+
+        The peer then reads EOF; this side can still read.
+        """
+        self._check_alive()
+        self._shutdown_pending = True
+        self._write_wake.set()
+
+    def _kind_output_settled(self) -> bool:
+        return not len(self.output)
+
+    def _kind_busy(self) -> bool:
+        return self._connecting or self._lookup is not None or self._shutdown_pending
+
+    def _kind_free(self) -> None:
+        current = getcurrent()
+        for glet in (self._reader, self._writer, self._lookup):
+            if glet is not None and glet is not current and not glet.dead:
+                glet.kill(block=False)
+        self._reader = self._writer = self._lookup = None
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        for name in ("_read_watcher", "_write_watcher"):
+            watcher = getattr(self, name, None)
+            if watcher is not None:
+                watcher.stop()
+        if self._options & Option.CLOSE_ON_FREE:
+            user_sock, self._user_sock = self._user_sock, None
+            if user_sock is not None:
+                # Close through the caller's object so it never closes a
+                # recycled descriptor number later.
+                sock.detach()
+                user_sock.close()
+            else:
+                sock.close()
+        else:
+            sock.detach()
+
+
+def socket_new(
+    sock: Union[socket.socket, int, None] = None,
+    options: int = 0,
+    *,
+    base: Optional[EventBase] = None,
+) -> SocketBufferEvent:
+    """Create a socket bufferevent.
+
+    Args:
+        sock: a connected stream socket (stdlib or gevent), its file
+            descriptor, or None to connect later with ``connect``.
+        options: ``Option`` flags; with CLOSE_ON_FREE, ``free()`` closes
+            the socket.
+        base: the EventBase (default: ``get_default_base()``).
+
+    Returns:
+        A SocketBufferEvent with only writing enabled, as in libevent.
+    """
+    return SocketBufferEvent(sock, options, base=base)
