@@ -121,15 +121,21 @@ class _CallbackEntry:
         return f"<buffer callback {self.cb!r} ({state})>"
 
 
+def _int_arg(value: Any, name: str) -> int:
+    """Return *value* as an int or raise TypeError naming the argument."""
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, not {type(value).__name__}"
+        ) from None
+
+
 def _size_arg(value: Any, name: str) -> int:
     """Return *value* as a non-negative int or raise naming the argument."""
-    if type(value) is not int:
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(
-                f"{name} must be an integer, not {type(value).__name__}"
-            ) from None
+    value = _int_arg(value, name)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
@@ -140,9 +146,13 @@ def _bytes_arg(data: Any, name: str) -> bytes:
     if type(data) is bytes:
         return data
     if isinstance(data, str):
-        raise TypeError(f"{name} must be bytes-like, not str: text must be encoded first")
+        raise TypeError(
+            f"{name} must be bytes-like, not str: text must be encoded first"
+        )
     if isinstance(data, Buffer):
-        raise TypeError(f"{name} must be bytes-like, not Buffer: use the *_buffer methods")
+        raise TypeError(
+            f"{name} must be bytes-like, not Buffer: use add_buffer and friends"
+        )
     try:
         view = memoryview(data)
     except TypeError:
@@ -219,8 +229,11 @@ class Buffer:
         return self._copy(self._len, 0) if self._len else b""
 
     def __repr__(self) -> str:
-        frozen = [name for name, flag in (("front", self._front_frozen),
-                                          ("end", self._end_frozen)) if flag]
+        frozen = [
+            name
+            for name, flag in (("front", self._front_frozen), ("end", self._end_frozen))
+            if flag
+        ]
         extra = f" frozen={'+'.join(frozen)}" if frozen else ""
         return (
             f"<{type(self).__name__} len={self._len} chunks={len(self._chunks)}"
@@ -451,7 +464,7 @@ class Buffer:
         moved = other._detach_all()
         chunks = self._chunks
         if self._off:
-            chunks[0] = chunks[0][self._off:]
+            chunks[0] = chunks[0][self._off :]
             self._off = 0
         chunks.extendleft(reversed(moved))
         self._len += n
@@ -633,7 +646,7 @@ class Buffer:
             TypeError: *n* is not an integer.
         """
         if type(n) is not int:
-            n = operator.index(n) if hasattr(n, "__index__") else _size_arg(n, "n")
+            n = _int_arg(n, "n")
         if n < 0:
             n = self._len
         if not n or n > self._len:
@@ -644,7 +657,7 @@ class Buffer:
         if len(first) - off < n:
             first = self._join_front(n)
             off = 0
-        return memoryview(first)[off:off + n]
+        return memoryview(first)[off : off + n]
 
     def search(self, what: Any, start: int = 0, end: Optional[int] = None) -> int:
         """Find the first occurrence of *what* that starts at or after *start*.
@@ -669,12 +682,13 @@ class Buffer:
         if type(start) is not int or start < 0:
             start = _size_arg(start, "start")
         length = self._len
-        if end is None or end > length:
-            if end is not None:
-                _size_arg(end, "end")
+        if end is None:
             end = length
-        elif type(end) is not int or end < 0:
-            end = min(_size_arg(end, "end"), length)
+        else:
+            if type(end) is not int or end < 0:
+                end = _size_arg(end, "end")
+            if end > length:
+                end = length
         if not what:
             return start if start <= end else -1
         return self._find(what, start, end)
@@ -848,11 +862,12 @@ class Buffer:
         if avail < _TINY_CHUNK and len(chunks) > 1:
             want = _PEEK_JOIN_TARGET if max_n < 0 else min(max_n, _PEEK_JOIN_TARGET)
             if avail < want:
-                first, avail = self._join_small_front(want)
-                off = 0
+                joined = self._join_small_front(want)
+                if joined is not None:
+                    first, off, avail = joined, 0, len(joined)
         if 0 < max_n < avail:
             avail = max_n
-        return memoryview(first)[off:off + avail]
+        return memoryview(first)[off : off + avail]
 
     # -- storage helpers (no freezing checks, no callbacks) ----------------
 
@@ -911,7 +926,7 @@ class Buffer:
         """Empty the buffer and return its chunks, the first one trimmed."""
         chunks = self._chunks
         if self._off:
-            chunks[0] = chunks[0][self._off:]
+            chunks[0] = chunks[0][self._off :]
         self._chunks = deque()
         self._off = 0
         self._len = 0
@@ -927,7 +942,7 @@ class Buffer:
             first = chunks[0]
             avail = len(first) - off
             if remaining < avail:
-                moved.append(first[off:off + remaining])
+                moved.append(first[off : off + remaining])
                 off += remaining
                 break
             chunks.popleft()
@@ -1011,7 +1026,7 @@ class Buffer:
         """Join whole chunks until the first chunk holds at least *n* bytes."""
         chunks = self._chunks
         first = chunks.popleft()
-        parts: list[Any] = [memoryview(first)[self._off:]]
+        parts: list[Any] = [memoryview(first)[self._off :]]
         total = len(first) - self._off
         while total < n:
             chunk = chunks.popleft()
@@ -1022,15 +1037,16 @@ class Buffer:
         self._off = 0
         return joined
 
-    def _join_small_front(self, want: int) -> Tuple[bytes, int]:
+    def _join_small_front(self, want: int) -> Optional[bytes]:
         """Join small chunks at the front until *want* bytes or a big one.
 
         Returns:
-            The new first chunk (offset 0) and its length.
+            The new first chunk (offset 0), or None when the chunk after the
+            first is too big to join.
         """
         chunks = self._chunks
         first = chunks[0]
-        parts: list[Any] = [memoryview(first)[self._off:]]
+        parts: list[Any] = [memoryview(first)[self._off :]]
         total = len(first) - self._off
         for chunk in itertools.islice(chunks, 1, None):
             if total >= want or total + len(chunk) > _PEEK_JOIN_TARGET:
@@ -1038,13 +1054,13 @@ class Buffer:
             parts.append(chunk)
             total += len(chunk)
         if len(parts) == 1:
-            return first[self._off:] if self._off else first, total
+            return None
         for _ in range(len(parts)):
             chunks.popleft()
         joined = b"".join(parts)
         chunks.appendleft(joined)
         self._off = 0
-        return joined, total
+        return joined
 
     # -- searching ---------------------------------------------------------
 
@@ -1086,7 +1102,7 @@ class Buffer:
             if cend > end:
                 hi = end - base
             if carry:
-                window = carry + chunk[:keep if keep < hi else hi]
+                window = carry + chunk[: keep if keep < hi else hi]
                 i = window.find(what)
                 if i >= 0:
                     return base - len(carry) + i
@@ -1097,7 +1113,7 @@ class Buffer:
                 return -1
             if keep:
                 if hi - lo >= keep:
-                    carry = chunk[hi - keep:hi]
+                    carry = chunk[hi - keep : hi]
                 else:
                     carry = (carry + chunk[lo:hi])[-keep:]
         return -1
@@ -1115,24 +1131,27 @@ class Buffer:
         return self._search_any(start)
 
     def _search_crlf(self, start: int) -> Tuple[int, int]:
-        """Find an LF, counting one CR before it when that CR is >= start."""
-        first = self._chunks[0]
-        off = self._off
-        i = first.find(b"\n", off + start)
-        if i >= 0:
-            if i > off + start and first[i - 1] == _CR:
-                return i - 1 - off, 2
-            return i - off, 1
-        prev = -1  # last byte before the current chunk, if at/after start
-        for chunk, lo, base in self._segments(start):
-            i = chunk.find(b"\n", lo)
-            if i >= 0:
-                before = chunk[i - 1] if i > lo else prev
-                if before == _CR:
-                    return base + i - 1, 2
-                return base + i, 1
-            prev = chunk[-1]
-        return -1, 0
+        """Find an LF, counting one CR before it when that CR is >= start.
+
+        Scanning for CR and LF separately and pairing them would be the
+        direct reading of libevent's loop; finding the LF with one memchr
+        and then looking at the single byte before it gives the same answer.
+        """
+        pos = self._find(b"\n", start, self._len)
+        if pos < 0:
+            return -1, 0
+        if pos > start and self._byte_at(pos - 1) == _CR:
+            return pos - 1, 2
+        return pos, 1
+
+    def _byte_at(self, pos: int) -> int:
+        """Return the byte at *pos* (0 <= pos < length)."""
+        pos += self._off
+        for chunk in self._chunks:
+            if pos < len(chunk):
+                return chunk[pos]
+            pos -= len(chunk)
+        raise IndexError(pos)
 
     def _search_any(self, start: int) -> Tuple[int, int]:
         """Find the first CR or LF and measure the run of CR/LF it opens."""
@@ -1177,7 +1196,9 @@ class Buffer:
                 else:
                     # Only one exception can propagate; keep the rest visible.
                     logger.error(
-                        "buffer callback %r on %r also failed", entry.cb, self,
+                        "buffer callback %r on %r also failed",
+                        entry.cb,
+                        self,
                         exc_info=exc,
                     )
         if error is not None:

@@ -1,0 +1,293 @@
+"""A TCP relay built from socket bufferevents (the main job of the CLI).
+
+Each accepted client gets a bufferevent for itself and one for a new
+connection to the backend; bytes read on one side are moved, without
+copying, into the other side's output.
+
+Backpressure: when one side's output holds ``pause_above`` bytes, the
+relay stops reading from the other side and sets a write low watermark of
+half that on the slow side; its write callback re-enables reading once the
+output has drained that far.  So a slow receiver costs at most about
+``pause_above`` plus one read of memory per direction, and the rest waits
+in the kernel (and, beyond that, at the sender).
+
+Half-close: EOF from one side becomes a write shutdown on the other once
+everything before it has been sent; the connection ends when both
+directions have finished, or at once on an error (after passing on what
+was already read, bounded by ``close_timeout``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import time
+from typing import Any, Callable, Optional
+
+import gevent
+
+from .base import EventBase, get_default_base
+from .bufferevent import BufferEvent
+from .constants import EV_READ, EV_WRITE, Event, Option
+from .listener import Listener
+from .sock import socket_new
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Relay", "RelayConnection", "parse_hostport", "format_hostport"]
+
+#: Bytes one side's output may hold before the relay stops reading the other.
+DEFAULT_PAUSE_ABOVE = 1 << 20
+
+
+def parse_hostport(text: str, *, name: str = "address") -> tuple:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT`` into ``(host, port)``.
+
+    Raises:
+        ValueError: naming ``name`` when the text is not of that form.
+    """
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError(f"{name} must be HOST:PORT, got {text!r}")
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{name}: write IPv6 addresses as [ADDR]:PORT, got {text!r}")
+    if not host:
+        raise ValueError(f"{name} has no host: {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{name} has a bad port {port_text!r} in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name} port must be in 0..65535, got {port}")
+    return host, port
+
+
+def format_hostport(address: Any) -> str:
+    """The inverse of ``parse_hostport`` for a socket address."""
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
+
+
+class RelayConnection:
+    """One client and its backend connection.
+
+    Attributes:
+        ident: a small number for log lines.
+        client_address: the client's address.
+        up: bytes moved client -> backend.
+        down: bytes moved backend -> client.
+        started: ``time.monotonic()`` at accept.
+        reason: why it ended (None while open).
+    """
+
+    def __init__(self, relay: Relay, ident: int, sock: Any, address: Any) -> None:
+        self.relay = relay
+        self.ident = ident
+        self.client_address = address
+        self.up = 0
+        self.down = 0
+        self.started = time.monotonic()
+        self.last_activity = self.started
+        self.reason: Optional[str] = None
+        self._eof_from: set = set()
+        self._paused: set = set()
+        base = relay.base
+        self.client = socket_new(sock, Option.CLOSE_ON_FREE, base=base)
+        self.backend = socket_new(None, Option.CLOSE_ON_FREE, base=base)
+        self._peer = {self.client: self.backend, self.backend: self.client}
+        for bev in (self.client, self.backend):
+            bev.setcb(self._on_read, self._on_write, self._on_event, bev)
+            if relay.idle_timeout:
+                bev.set_timeouts(relay.idle_timeout, relay.idle_timeout)
+        self.client.enable(EV_READ | EV_WRITE)
+        self.backend.enable(EV_READ | EV_WRITE)
+        host, port = relay.target
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            self.backend.connect_hostname(host, port)
+        else:
+            self.backend.connect((host, port))
+
+    def _name(self, bev: BufferEvent) -> str:
+        return "client" if bev is self.client else "backend"
+
+    def _on_read(self, src: BufferEvent, ctx: Any) -> None:
+        dst = self._peer[src]
+        moved = len(src.input)
+        dst.output.add_buffer(src.input)
+        self.last_activity = time.monotonic()
+        if src is self.client:
+            self.up += moved
+        else:
+            self.down += moved
+        if len(dst.output) >= self.relay.pause_above and src not in self._paused:
+            # The receiver is slower than the sender: stop reading until
+            # dst's output has drained to half the mark.
+            self._paused.add(src)
+            src.disable(EV_READ)
+            dst.setwatermark(EV_WRITE, self.relay.pause_above // 2, 0)
+
+    def _on_write(self, dst: BufferEvent, ctx: Any) -> None:
+        src = self._peer[dst]
+        if src in self._paused:
+            self._paused.discard(src)
+            dst.setwatermark(EV_WRITE, 0, 0)
+            if src not in self._eof_from and not src.freed:
+                src.enable(EV_READ)
+        self._maybe_finish()
+
+    def _on_event(self, bev: BufferEvent, events: int, ctx: Any) -> None:
+        if events & Event.CONNECTED:
+            logger.debug("#%d backend connected", self.ident)
+            return
+        if events & Event.TIMEOUT:
+            idle = time.monotonic() - self.last_activity
+            if idle >= self.relay.idle_timeout * 0.99 or events & Event.WRITING:
+                self.close(f"idle timeout on {self._name(bev)}")
+            elif bev not in self._paused:
+                bev.enable(EV_READ if events & Event.READING else EV_WRITE)
+            return
+        if events & Event.EOF and not events & Event.ERROR:
+            self._eof_from.add(bev)
+            peer = self._peer[bev]
+            if len(bev.input):
+                self._on_read(bev, ctx)
+            if not peer.freed:
+                peer.shutdown_write()
+            self._maybe_finish()
+            return
+        # ERROR: pass on what we already have, then end the connection.
+        error = bev.get_error()
+        if bev is self.backend and not bev._connected:
+            self.close(f"backend connect failed: {error}")
+            return
+        if len(bev.input):
+            self._on_read(bev, ctx)
+        self.close(f"{self._name(bev)} error: {error}", drain=self._peer[bev])
+
+    def _maybe_finish(self) -> None:
+        if (
+            self.reason is None
+            and len(self._eof_from) == 2
+            and not len(self.client.output)
+            and not len(self.backend.output)
+        ):
+            self.close("closed by both sides")
+
+    def close(self, reason: str, drain: Optional[BufferEvent] = None) -> None:
+        """End the connection; ``drain`` is a side whose queued output is
+        still sent (bounded by the relay's close_timeout) before it closes."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        for bev in (self.client, self.backend):
+            if bev is not drain:
+                bev.free()
+        if drain is not None and not drain.freed:
+            gevent.spawn(self._drain_then_free, drain)
+        self.relay._closed(self)
+
+    def _drain_then_free(self, bev: BufferEvent) -> None:
+        bev.setcb(None, None, None)
+        try:
+            bev.drain(timeout=self.relay.close_timeout)
+        except Exception as exc:  # an error or timeout: the peer is gone
+            logger.debug("#%d: could not send the last %d bytes: %s",
+                         self.ident, len(bev.output), exc)
+        finally:
+            bev.free()
+
+
+class Relay:
+    """Accept connections on ``listen`` and relay each to ``target``.
+
+    Args:
+        listen: ``(host, port)`` to listen on (port 0 picks one).
+        target: ``(host, port)`` of the backend; host names are resolved
+            per connection.
+        idle_timeout: seconds without traffic after which a connection is
+            closed (None: never).
+        pause_above: output bytes at which reading from the other side
+            pauses (backpressure).
+        close_timeout: seconds allowed to send what is queued when one side
+            fails.
+        on_close: called with each RelayConnection when it ends.
+
+    Attributes:
+        address: the bound listening address.
+        connections: the open RelayConnections.
+        total_up, total_down: bytes relayed by connections that ended.
+    """
+
+    def __init__(
+        self,
+        listen: tuple,
+        target: tuple,
+        *,
+        idle_timeout: Optional[float] = None,
+        pause_above: int = DEFAULT_PAUSE_ABOVE,
+        close_timeout: float = 10.0,
+        on_close: Optional[Callable[[RelayConnection], None]] = None,
+        base: Optional[EventBase] = None,
+    ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
+        if pause_above < 1:
+            raise ValueError(f"pause_above must be >= 1 byte, got {pause_above!r}")
+        self.base = base if base is not None else get_default_base()
+        self.target = target
+        self.idle_timeout = idle_timeout
+        self.pause_above = pause_above
+        self.close_timeout = close_timeout
+        self.on_close = on_close
+        self.connections: set = set()
+        self.total_up = 0
+        self.total_down = 0
+        self.accepted = 0
+        self._ids = itertools.count(1)
+        self._listener = Listener(self._accept, listen, base=self.base)
+        self.address = self._listener.getsockname()
+
+    def _accept(self, listener: Listener, sock: Any, address: Any, ctx: Any) -> None:
+        self.accepted += 1
+        conn = RelayConnection(self, next(self._ids), sock, address)
+        self.connections.add(conn)
+        logger.debug("#%d accepted from %s", conn.ident, format_hostport(address))
+
+    def _closed(self, conn: RelayConnection) -> None:
+        self.connections.discard(conn)
+        self.total_up += conn.up
+        self.total_down += conn.down
+        seconds = time.monotonic() - conn.started
+        logger.info(
+            "#%d %s closed: up %d bytes, down %d bytes, %.3f s (%s)",
+            conn.ident,
+            format_hostport(conn.client_address),
+            conn.up,
+            conn.down,
+            seconds,
+            conn.reason,
+        )
+        if self.on_close is not None:
+            self.on_close(conn)
+
+    def stats(self) -> dict:
+        """Counters for the stats line: connections and bytes so far."""
+        return {
+            "active": len(self.connections),
+            "accepted": self.accepted,
+            "up": self.total_up + sum(c.up for c in self.connections),
+            "down": self.total_down + sum(c.down for c in self.connections),
+        }
+
+    def close(self, reason: str = "relay shutting down") -> None:
+        """Stop accepting and close every open connection."""
+        self._listener.free()
+        for conn in list(self.connections):
+            conn.close(reason)
