@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import sys
+import weakref
 from typing import Any, Callable
 
 import gevent
@@ -46,7 +47,8 @@ class EventBase:
         self._deferred: collections.deque = collections.deque()
         self._runner: Any = None
         self._runner_parked = False
-        self._active: set = set()
+        # Weak: an object nobody references any more has no work to wait for.
+        self._active: weakref.WeakSet = weakref.WeakSet()
         self._got_exit = False
         self._got_break = False
         self._dispatch_wakeup: _GeventEvent | None = None

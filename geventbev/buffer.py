@@ -978,7 +978,7 @@ class Buffer:
             clen = len(chunk)
             if remaining < clen:
                 parts.append(memoryview(chunk)[:remaining])
-                off = remaining
+                off = remaining - 1 if remaining > 1 else remaining
                 break
             chunks.popleft()
             parts.append(chunk)

@@ -50,16 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m geventbev",
         description="A TCP relay built on geventbev bufferevents.",
     )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default: INFO)",
-    )
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", default="INFO", choices=levels,
+                        help="logging level (default: INFO)")
+    # Also accepted after the command (`relay ... --log-level DEBUG`);
+    # SUPPRESS keeps the top-level default when it is not given there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels,
+                        help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    relay = sub.add_parser("relay", help="relay TCP connections to a backend")
+    relay = sub.add_parser("relay", parents=[common],
+                           help="relay TCP connections to a backend")
     relay.add_argument("--listen", required=True, type=_hostport,
                        metavar="HOST:PORT", help="address to accept clients on "
                        "(port 0 picks a free port; the bound address is printed)")
@@ -70,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--stats-interval", type=_positive_float, metavar="S",
                        help="log connection and byte counts every S seconds")
 
-    demo = sub.add_parser("demo", help="run the relay on an embedded example")
+    demo = sub.add_parser("demo", parents=[common],
+                          help="run the relay on an embedded example")
     demo.add_argument("--clients", type=int, default=4,
                       help="number of concurrent clients (default: 4)")
     demo.add_argument("--mib", type=int, default=16,

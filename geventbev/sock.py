@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from typing import Any, Optional, Union
 
 import gevent
@@ -129,6 +130,8 @@ class SocketBufferEvent(BufferEvent):
         self._connecting = False
         self._shutdown_pending = False
         self._write_kick = False
+        self._writer_idle = False
+        self._sending_inline = False
         self._dns_error = 0
         self._reader: Optional[gevent.Greenlet] = None
         self._writer: Optional[gevent.Greenlet] = None
@@ -316,6 +319,9 @@ class SocketBufferEvent(BufferEvent):
             self._report_event(Event.ERROR, exc)
             return False
         logger.debug("%r: connected", self)
+        # CONNECTED never comes with a write callback unless bytes were
+        # written in the same turn (libevent's rule).
+        self._write_kick = False
         self._report_event(Event.CONNECTED)
         self._read_wake.set()
         return True
@@ -327,9 +333,16 @@ class SocketBufferEvent(BufferEvent):
         wake = self._read_wake
         inp = self.input
         sleep = gevent.sleep
+        # After a short read the kernel buffer is almost surely empty: wait
+        # for readability first instead of paying for an EAGAIN exception.
+        drained = False
         while not self._freed:
-            if not (self._connected and self._reading_wanted()) or self._eof:
+            if not (self._connected and self._reading_wanted()):
                 wake.wait()
+                continue
+            if drained:
+                drained = False
+                hub.wait(self._read_watcher)
                 continue
             budget = self._read_budget()
             if budget <= 0:
@@ -338,7 +351,7 @@ class SocketBufferEvent(BufferEvent):
             try:
                 data = self._sock.recv(min(budget, _RECV_CAP))  # type: ignore[union-attr]
             except BlockingIOError:
-                hub.wait(self._read_watcher)
+                drained = True
                 continue
             except InterruptedError:
                 continue
@@ -352,13 +365,37 @@ class SocketBufferEvent(BufferEvent):
             inp._append_internal(data)
             self._after_read(len(data))
             self._bytes_read()
-            if len(data) == budget and not self._freed:
+            if len(data) < budget:
+                drained = True
+            elif not self._freed:
+                # More is probably waiting; let other greenlets have a turn
+                # first (max single read applies per turn).
                 sleep(0)
 
     def _after_read(self, nbytes: int) -> None:
         """Hook for rate limiting: ``nbytes`` were just read."""
         if self._read_high and len(self.input) >= self._read_high:
             self._check_read_high()
+
+    def _send_front(self) -> int:
+        """One send() from the front of output; returns bytes sent.
+
+        Returns 0 when the socket would block.  Raises OSError on failure.
+        """
+        out = self.output
+        view = out._peek_chunk(self._max_single_write)
+        try:
+            sent = self._sock.send(view)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return 0
+        finally:
+            view.release()
+        if sent:
+            out._drain_internal(sent)
+            timer = self._write_timer
+            if timer is not None:
+                timer.last_activity = time.monotonic()
+        return sent
 
     def _writer_loop(self) -> None:
         if self._connecting and not self._finish_connect():
@@ -370,8 +407,9 @@ class SocketBufferEvent(BufferEvent):
         while not self._freed:
             if not (self._connected and self._writing_wanted()) or not len(out):
                 if self._write_kick and self._connected:
-                    # enable(EV_WRITE) on an idle connection: one write
-                    # callback, as libevent gives (users rely on it).
+                    # Bytes went out inline (see _kind_output_grew), or
+                    # EV_WRITE was enabled on an idle connection: one write
+                    # callback under the watermark rule, as libevent gives.
                     self._write_kick = False
                     self._trigger_write()
                     continue
@@ -380,29 +418,30 @@ class SocketBufferEvent(BufferEvent):
                     self._do_shutdown_write()
                     if self._freed:
                         return
-                wake.wait()
+                    continue
+                self._writer_idle = True
+                try:
+                    wake.wait()
+                finally:
+                    self._writer_idle = False
                 continue
-            budget = self._max_single_write
-            view = out._peek_chunk(budget)
+            wanted = min(len(out), self._max_single_write)
             try:
-                sent = self._sock.send(view)  # type: ignore[union-attr]
-            except BlockingIOError:
-                hub.wait(self._write_watcher)
-                continue
-            except InterruptedError:
-                continue
+                sent = self._send_front()
             except OSError as exc:
                 self._report_event(Event.WRITING | Event.ERROR, exc)
                 return
-            finally:
-                view.release()
             if not sent:
-                self._report_event(Event.WRITING | Event.EOF)
-                return
-            out._drain_internal(sent)
+                hub.wait(self._write_watcher)
+                continue
             self._write_kick = False
-            self._bytes_written()
-            if sent == budget and len(out) and not self._freed:
+            self._trigger_write()
+            if self._freed:
+                return
+            if sent < wanted:
+                # The kernel buffer is full: wait instead of hitting EAGAIN.
+                hub.wait(self._write_watcher)
+            elif len(out):
                 sleep(0)
 
     def _do_shutdown_write(self) -> None:
@@ -425,7 +464,31 @@ class SocketBufferEvent(BufferEvent):
             self._write_wake.set()
 
     def _kind_output_grew(self) -> None:
-        self._write_wake.set()
+        if not (
+            self._writer_idle
+            and self._connected
+            and self._writing_wanted()
+            and not self._sending_inline
+        ):
+            self._write_wake.set()
+            return
+        # The writer is parked with nothing to do and the socket is almost
+        # surely writable: send now, in the caller's greenlet, and spare a
+        # greenlet switch per message.  Callbacks still run in the writer
+        # (never inside write()), so it is woken when one may be due.
+        self._sending_inline = True
+        try:
+            sent = self._send_front()
+        except OSError:
+            sent = 0  # the writer retries and reports the error itself
+        finally:
+            self._sending_inline = False
+        if sent:
+            self._write_kick = True
+        if len(self.output) or self._shutdown_pending or (
+            sent and self._writecb is not None
+        ):
+            self._write_wake.set()
 
     def _kind_flush(self, what: int, mode: FlushMode) -> int:
         # The writer already sends as fast as the peer takes bytes.
