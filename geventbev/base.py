@@ -52,7 +52,7 @@ class EventBase:
         self._got_exit = False
         self._got_break = False
         self._dispatch_wakeup: _GeventEvent | None = None
-        self._exit_timer: Any = None
+        self._exit_timers: set = set()
 
     def __repr__(self) -> str:
         return f"<EventBase active={len(self._active)} deferred={len(self._deferred)}>"
@@ -114,7 +114,7 @@ class EventBase:
             self._dispatch_wakeup.set()
 
     def _has_work(self) -> bool:
-        if self._deferred or self._exit_timer is not None:
+        if self._deferred or self._exit_timers:
             return True
         return any(obj._has_pending_work() for obj in self._active)
 
@@ -152,14 +152,15 @@ class EventBase:
         delay = 0.0 if delay is None else float(delay)
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
-        if self._exit_timer is not None:
-            self._exit_timer.close()
-        self._exit_timer = self.loop.timer(delay)
-        self._exit_timer.start(self._on_exit_timer)
+        # Each call is its own timer and the first to expire wins, as in
+        # libevent: a later, longer loopexit never postpones an earlier one.
+        timer = self.loop.timer(delay)
+        self._exit_timers.add(timer)
+        timer.start(self._on_exit_timer, timer)
 
-    def _on_exit_timer(self) -> None:
-        self._exit_timer.close()
-        self._exit_timer = None
+    def _on_exit_timer(self, timer: Any) -> None:
+        timer.close()
+        self._exit_timers.discard(timer)
         self._got_exit = True
         if self._dispatch_wakeup is not None:
             self._dispatch_wakeup.set()
@@ -182,9 +183,9 @@ class EventBase:
         """Forget the pending deferred callbacks; the hub itself lives on."""
         self._deferred.clear()
         self._active.clear()
-        if self._exit_timer is not None:
-            self._exit_timer.close()
-            self._exit_timer = None
+        for timer in self._exit_timers:
+            timer.close()
+        self._exit_timers.clear()
 
 
 _default_bases: dict = {}

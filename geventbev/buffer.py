@@ -978,7 +978,7 @@ class Buffer:
             clen = len(chunk)
             if remaining < clen:
                 parts.append(memoryview(chunk)[:remaining])
-                off = remaining - 1 if remaining > 1 else remaining
+                off = remaining
                 break
             chunks.popleft()
             parts.append(chunk)
@@ -1113,7 +1113,7 @@ class Buffer:
                 return -1
             if keep:
                 if hi - lo >= keep:
-                    carry = chunk[hi - keep : hi]
+                    carry = chunk[hi - keep + 1 : hi]
                 else:
                     carry = (carry + chunk[lo:hi])[-keep:]
         return -1

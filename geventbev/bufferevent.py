@@ -77,14 +77,17 @@ __all__ = ["BufferEvent"]
 ReadCallback = Callable[["BufferEvent", Any], None]
 EventCallback = Callable[["BufferEvent", int, Any], None]
 
-_BOTH = EV_READ | EV_WRITE
-_ALL_OPTIONS = (
+# Plain ints: on Python 3.11+ ``~`` of an IntFlag only flips its own
+# defined bits, which would let unknown bits through these masks.
+_BOTH = int(EV_READ | EV_WRITE)
+_ALL_OPTIONS = int(
     Option.CLOSE_ON_FREE
     | Option.THREADSAFE
     | Option.DEFER_CALLBACKS
     | Option.UNLOCK_CALLBACKS
 )
-_ALL_TRIGGER_OPTIONS = Trigger.IGNORE_WATERMARKS | Trigger.DEFER_CALLBACKS
+_ALL_TRIGGER_OPTIONS = int(Trigger.IGNORE_WATERMARKS | Trigger.DEFER_CALLBACKS)
+_CONNECTED = int(Event.CONNECTED)
 
 # Suspension reasons, one bit each (libevent's BEV_SUSPEND_*).
 SUSPEND_WM = 0x01  # input reached the read high watermark
@@ -276,7 +279,11 @@ class BufferEvent:
         Raises:
             TypeError: a callback is neither callable nor None.
         """
-        for name, cb in (("readcb", readcb), ("writecb", writecb), ("eventcb", eventcb)):
+        for name, cb in (
+            ("readcb", readcb),
+            ("writecb", writecb),
+            ("eventcb", eventcb),
+        ):
             if cb is not None and not callable(cb):
                 raise TypeError(f"{name} must be callable or None, got {cb!r}")
         self._check_alive()
@@ -302,10 +309,7 @@ class BufferEvent:
         """Run (or queue) the read callback if the read low watermark allows."""
         if self._readcb is None or self._freed:
             return
-        if (
-            not options & Trigger.IGNORE_WATERMARKS
-            and len(self.input) < self._read_low
-        ):
+        if not options & Trigger.IGNORE_WATERMARKS and len(self.input) < self._read_low:
             return
         if (self._options | options) & Option.DEFER_CALLBACKS:
             self._pending_read = True
@@ -348,7 +352,7 @@ class BufferEvent:
         self._deferred_queued = False
         events, self._pending_events = self._pending_events, 0
         if events & Event.CONNECTED:
-            events &= ~Event.CONNECTED
+            events &= ~_CONNECTED
             if self._eventcb is not None and not self._freed:
                 self._call_user(self._eventcb, self, Event.CONNECTED, self._cbarg)
         if self._pending_read:
@@ -422,7 +426,7 @@ class BufferEvent:
         """Stop reading and/or writing; buffered bytes stay where they are."""
         _check_direction(what)
         self._check_alive()
-        self._enabled &= ~what
+        self._enabled &= ~int(what)
         self._kind_stop(what)
         self._update_timers()
         self.base._poke()
@@ -593,7 +597,9 @@ class BufferEvent:
         """A timeout expired (runs in the callback greenlet, not the hub)."""
         if self._freed or not self._timer_wanted(direction):
             return
-        logger.debug("%r: %s timeout", self, "read" if direction == EV_READ else "write")
+        logger.debug(
+            "%r: %s timeout", self, "read" if direction == EV_READ else "write"
+        )
         self.disable(direction)
         side = Event.READING if direction == EV_READ else Event.WRITING
         self._report_event(side | Event.TIMEOUT)
@@ -1048,8 +1054,10 @@ class BufferEvent:
         without "b" the file is text (UTF-8).  Closing the file does not
         free the bufferevent.
         """
-        if not isinstance(mode, str) or not set(mode) <= set("rwb") or not (
-            "r" in mode or "w" in mode
+        if (
+            not isinstance(mode, str)
+            or not set(mode) <= set("rwb")
+            or not ("r" in mode or "w" in mode)
         ):
             raise ValueError(f"mode must combine 'r', 'w' and 'b', got {mode!r}")
         raw = _BufferEventRawIO(self, reading="r" in mode, writing="w" in mode)
@@ -1066,7 +1074,9 @@ class BufferEvent:
             buffered = io.BufferedWriter(raw, size)
         if "b" in mode:
             return buffered
-        return io.TextIOWrapper(buffered, encoding="utf-8", line_buffering=buffering == 1)
+        return io.TextIOWrapper(
+            buffered, encoding="utf-8", line_buffering=buffering == 1
+        )
 
 
 class _BufferEventRawIO(io.RawIOBase):
@@ -1107,4 +1117,3 @@ def _as_event(events: int) -> int:
         return Event(events)
     except ValueError:
         return events
-

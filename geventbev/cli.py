@@ -51,34 +51,67 @@ def build_parser() -> argparse.ArgumentParser:
         description="A TCP relay built on geventbev bufferevents.",
     )
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
-    parser.add_argument("--log-level", default="INFO", choices=levels,
-                        help="logging level (default: INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=levels,
+        help="logging level (default: INFO)",
+    )
     # Also accepted after the command (`relay ... --log-level DEBUG`);
     # SUPPRESS keeps the top-level default when it is not given there.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=levels,
-                        help="logging level (default: INFO)")
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=levels,
+        help="logging level (default: INFO)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    relay = sub.add_parser("relay", parents=[common],
-                           help="relay TCP connections to a backend")
-    relay.add_argument("--listen", required=True, type=_hostport,
-                       metavar="HOST:PORT", help="address to accept clients on "
-                       "(port 0 picks a free port; the bound address is printed)")
-    relay.add_argument("--connect", required=True, type=_hostport,
-                       metavar="HOST:PORT", help="backend to relay each client to")
-    relay.add_argument("--idle-timeout", type=_positive_float, metavar="S",
-                       help="close a connection after S seconds without traffic")
-    relay.add_argument("--stats-interval", type=_positive_float, metavar="S",
-                       help="log connection and byte counts every S seconds")
+    relay = sub.add_parser(
+        "relay", parents=[common], help="relay TCP connections to a backend"
+    )
+    relay.add_argument(
+        "--listen",
+        required=True,
+        type=_hostport,
+        metavar="HOST:PORT",
+        help="address to accept clients on "
+        "(port 0 picks a free port; the bound address is printed)",
+    )
+    relay.add_argument(
+        "--connect",
+        required=True,
+        type=_hostport,
+        metavar="HOST:PORT",
+        help="backend to relay each client to",
+    )
+    relay.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="close a connection after S seconds without traffic",
+    )
+    relay.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        metavar="S",
+        help="log connection and byte counts every S seconds",
+    )
 
-    demo = sub.add_parser("demo", parents=[common],
-                          help="run the relay on an embedded example")
-    demo.add_argument("--clients", type=int, default=4,
-                      help="number of concurrent clients (default: 4)")
-    demo.add_argument("--mib", type=int, default=16,
-                      help="MiB each client downloads (default: 16)")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the relay on an embedded example"
+    )
+    demo.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="number of concurrent clients (default: 4)",
+    )
+    demo.add_argument(
+        "--mib", type=int, default=16, help="MiB each client downloads (default: 16)"
+    )
     return parser
 
 
@@ -93,12 +126,17 @@ def run_relay(args: argparse.Namespace) -> int:
     try:
         relay = Relay(args.listen, args.connect, idle_timeout=args.idle_timeout)
     except OSError as exc:
-        print(f"error: cannot listen on {format_hostport(args.listen)}: {exc}",
-              file=sys.stderr)
+        print(
+            f"error: cannot listen on {format_hostport(args.listen)}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     # The one line scripts wait for: where we listen (port 0 resolved).
-    print(f"relay listening on {format_hostport(relay.address)} -> "
-          f"{format_hostport(args.connect)}", flush=True)
+    print(
+        f"relay listening on {format_hostport(relay.address)} -> "
+        f"{format_hostport(args.connect)}",
+        flush=True,
+    )
     stop = gevent.event.Event()
     handlers = _install_stop_signals(stop)
     stats = None
@@ -113,8 +151,12 @@ def run_relay(args: argparse.Namespace) -> int:
             stats.kill()
         relay.close()
         totals = relay.stats()
-        logger.info("relay stopped: %d connections, up %d bytes, down %d bytes",
-                    totals["accepted"], totals["up"], totals["down"])
+        logger.info(
+            "relay stopped: %d connections, up %d bytes, down %d bytes",
+            totals["accepted"],
+            totals["up"],
+            totals["down"],
+        )
     return 0
 
 
@@ -122,11 +164,17 @@ def _log_stats_forever(relay: Relay, interval: float) -> None:
     while True:
         gevent.sleep(interval)
         totals = relay.stats()
-        logger.info("stats: %d active, %d accepted, up %d bytes, down %d bytes",
-                    totals["active"], totals["accepted"], totals["up"], totals["down"])
+        logger.info(
+            "stats: %d active, %d accepted, up %d bytes, down %d bytes",
+            totals["active"],
+            totals["accepted"],
+            totals["up"],
+            totals["down"],
+        )
 
 
 # -- demo -------------------------------------------------------------------
+
 
 def _pattern(size: int, seed: int) -> bytes:
     block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
@@ -141,7 +189,7 @@ def _demo_backend(bev: BufferEvent) -> None:
     _, size_text, seed_text = request.decode().split()
     payload = _pattern(int(size_text), int(seed_text))
     for offset in range(0, len(payload), 1 << 18):
-        bev.write_all(payload[offset:offset + (1 << 18)], timeout=30)
+        bev.write_all(payload[offset : offset + (1 << 18)], timeout=30)
 
 
 def _demo_client(address: Any, index: int, size: int) -> dict:
@@ -170,13 +218,17 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     closed: list = []
     backend = serve(("127.0.0.1", 0), _demo_backend)
-    relay = Relay(("127.0.0.1", 0), backend.address, on_close=closed.append,
-                  idle_timeout=30)
-    print(f"backend on {format_hostport(backend.address)}, relay on "
-          f"{format_hostport(relay.address)}; {args.clients} clients x {args.mib} MiB")
+    relay = Relay(
+        ("127.0.0.1", 0), backend.address, on_close=closed.append, idle_timeout=30
+    )
+    print(
+        f"backend on {format_hostport(backend.address)}, relay on "
+        f"{format_hostport(relay.address)}; {args.clients} clients x {args.mib} MiB"
+    )
     size = args.mib << 20
-    jobs = [gevent.spawn(_demo_client, relay.address, i, size)
-            for i in range(args.clients)]
+    jobs = [
+        gevent.spawn(_demo_client, relay.address, i, size) for i in range(args.clients)
+    ]
     gevent.joinall(jobs, timeout=300)
     results = [job.value for job in jobs if job.successful()]
     failures = [job.exception for job in jobs if job.ready() and not job.successful()]
@@ -187,12 +239,17 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"{'client':>6} {'bytes':>12} {'seconds':>8} {'MiB/s':>8}  sha256")
     for row in results:
         rate = row["bytes"] / row["seconds"] / (1 << 20) if row["seconds"] else 0.0
-        print(f"{row['client']:>6} {row['bytes']:>12} {row['seconds']:>8.3f} "
-              f"{rate:>8.1f}  {'ok' if row['ok'] else 'MISMATCH'}")
-    print(f"relay connections closed: {len(closed)}; relayed down "
-          f"{sum(c.down for c in closed)} bytes, up {sum(c.up for c in closed)} bytes")
-    good = (len(results) == args.clients and all(r["ok"] and r["bytes"] == size
-                                                 for r in results))
+        print(
+            f"{row['client']:>6} {row['bytes']:>12} {row['seconds']:>8.3f} "
+            f"{rate:>8.1f}  {'ok' if row['ok'] else 'MISMATCH'}"
+        )
+    print(
+        f"relay connections closed: {len(closed)}; relayed down "
+        f"{sum(c.down for c in closed)} bytes, up {sum(c.up for c in closed)} bytes"
+    )
+    good = len(results) == args.clients and all(
+        r["ok"] and r["bytes"] == size for r in results
+    )
     for exc in failures:
         print(f"client failed: {exc!r}", file=sys.stderr)
     print("demo " + ("passed" if good else "FAILED"))

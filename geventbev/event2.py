@@ -226,7 +226,9 @@ def _sized(data: Any, datlen: Any, name: str = "datlen") -> Any:
 def _direction(what: Any, name: str = "what") -> int:
     """EV_READ, EV_WRITE, both, or 0 (which C accepts as a no-op)."""
     what = _int(what, name)
-    if what & ~(EV_READ | EV_WRITE):
+    # int() first: on Python 3.11+, ~ of an IntFlag flips only the flag's
+    # own bits, so ~(EV_READ | EV_WRITE) would be EV_TIMEOUT alone.
+    if what & ~int(EV_READ | EV_WRITE):
         raise ValueError(f"{name} must be a mix of EV_READ and EV_WRITE, got {what:#x}")
     return what
 
@@ -870,6 +872,7 @@ def evconnlistener_set_cb(lev: Listener, cb: Callable[..., Any], arg: Any) -> No
     _listener(lev).set_cb(_accept_adapter(cb), arg)
 
 
+# Every C function defined above, then the constants.
 __all__ = [
     name
     for name, value in list(globals().items())

@@ -101,7 +101,9 @@ def _finish(bev: BufferEvent, timeout: Optional[float]) -> None:
         if len(bev.output):
             bev.drain(timeout=CLOSE_DRAIN_TIMEOUT if timeout is None else timeout)
     except (BufferEventError, TimeoutError) as exc:
-        logger.warning("%r: closing with %d unsent bytes: %s", bev, len(bev.output), exc)
+        logger.warning(
+            "%r: closing with %d unsent bytes: %s", bev, len(bev.output), exc
+        )
     finally:
         bev.free()
 
@@ -127,7 +129,9 @@ class Server:
             or not isinstance(max_connections, int)
             or max_connections < 1
         ):
-            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+            raise ValueError(
+                f"max_connections must be an int >= 1, got {max_connections!r}"
+            )
         self._handler = handler
         self._max = max_connections
         self._handlers = Group()
@@ -318,8 +322,8 @@ class BufferEventSocket:
             raise OSError(f"{type(self.bev).__name__} has no {name}")
         return fn()
 
-    def makefile(self, mode: str = "r", buffering: Optional[int] = None, **_: Any) -> Any:
+    def makefile(
+        self, mode: str = "r", buffering: Optional[int] = None, **_: Any
+    ) -> Any:
         """A file object over the bufferevent (see ``BufferEvent.makefile``)."""
         return self.bev.makefile(mode, -1 if buffering is None else buffering)
-
-

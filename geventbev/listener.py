@@ -166,7 +166,9 @@ class Listener:
                 if self._freed:
                     return
                 if exc.errno in _RESOURCE_ERRORS:
-                    logger.warning("accept failed (%s); pausing %.1fs", exc, _RESOURCE_PAUSE)
+                    logger.warning(
+                        "accept failed (%s); pausing %.1fs", exc, _RESOURCE_PAUSE
+                    )
                     gevent.sleep(_RESOURCE_PAUSE)
                     continue
                 if exc.errno in _TRANSIENT_ERRORS:

@@ -198,8 +198,12 @@ class RelayConnection:
         try:
             bev.drain(timeout=self.relay.close_timeout)
         except Exception as exc:  # an error or timeout: the peer is gone
-            logger.debug("#%d: could not send the last %d bytes: %s",
-                         self.ident, len(bev.output), exc)
+            logger.debug(
+                "#%d: could not send the last %d bytes: %s",
+                self.ident,
+                len(bev.output),
+                exc,
+            )
         finally:
             bev.free()
 

@@ -256,14 +256,16 @@ class SocketBufferEvent(BufferEvent):
         if err == errno.ECONNREFUSED:
             # Reported like an asynchronous failure, and always deferred.
             self._dead = True
-            self._enabled &= ~(EV_READ | EV_WRITE)
+            self._enabled = 0
             self.base.run_deferred(self._report_event, Event.ERROR, exc)
             return
         if created:
             self._close_socket()
         raise BufferEventError(f"connect to {address!r} failed: {exc}") from exc
 
-    def connect_hostname(self, host: str, port: int, family: int = socket.AF_UNSPEC) -> None:
+    def connect_hostname(
+        self, host: str, port: int, family: int = socket.AF_UNSPEC
+    ) -> None:
         """Resolve ``host`` with gevent's resolver, then connect to the first
         address found.  A failed lookup is an ERROR event and
         ``get_dns_error()`` returns the resolver's code.
@@ -273,8 +275,14 @@ class SocketBufferEvent(BufferEvent):
         """
         self._check_alive()
         if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
-            raise ValueError(f"family must be AF_UNSPEC, AF_INET or AF_INET6, got {family}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ValueError(
+                f"family must be AF_UNSPEC, AF_INET or AF_INET6, got {family}"
+            )
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, int)
+            or not 1 <= port <= 65535
+        ):
             raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
@@ -485,8 +493,10 @@ class SocketBufferEvent(BufferEvent):
             self._sending_inline = False
         if sent:
             self._write_kick = True
-        if len(self.output) or self._shutdown_pending or (
-            sent and self._writecb is not None
+        if (
+            len(self.output)
+            or self._shutdown_pending
+            or (sent and self._writecb is not None)
         ):
             self._write_wake.set()
 
