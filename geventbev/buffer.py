@@ -1113,7 +1113,7 @@ class Buffer:
                 return -1
             if keep:
                 if hi - lo >= keep:
-                    carry = chunk[hi - keep + 1 : hi]
+                    carry = chunk[hi - keep : hi]
                 else:
                     carry = (carry + chunk[lo:hi])[-keep:]
         return -1

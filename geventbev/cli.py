@@ -39,8 +39,17 @@ def _positive_float(text: str) -> float:
 
 
 def _hostport(text: str) -> tuple:
+    """A listening address: port 0 picks a free port."""
     try:
         return parse_hostport(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target(text: str) -> tuple:
+    """A connect address: port 0 is not a port one can connect to."""
+    try:
+        return parse_hostport(text, allow_port_zero=False)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -83,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument(
         "--connect",
         required=True,
-        type=_hostport,
+        type=_target,
         metavar="HOST:PORT",
         help="backend to relay each client to",
     )
@@ -123,6 +132,9 @@ def _install_stop_signals(stop: gevent.event.Event) -> list:
 
 
 def run_relay(args: argparse.Namespace) -> int:
+    # Handlers first: a supervisor may signal as soon as it sees the banner.
+    stop = gevent.event.Event()
+    handlers = _install_stop_signals(stop)
     try:
         relay = Relay(args.listen, args.connect, idle_timeout=args.idle_timeout)
     except OSError as exc:
@@ -130,6 +142,8 @@ def run_relay(args: argparse.Namespace) -> int:
             f"error: cannot listen on {format_hostport(args.listen)}: {exc}",
             file=sys.stderr,
         )
+        for handler in handlers:
+            handler.cancel()
         return 1
     # The one line scripts wait for: where we listen (port 0 resolved).
     print(
@@ -137,8 +151,6 @@ def run_relay(args: argparse.Namespace) -> int:
         f"{format_hostport(args.connect)}",
         flush=True,
     )
-    stop = gevent.event.Event()
-    handlers = _install_stop_signals(stop)
     stats = None
     if args.stats_interval:
         stats = gevent.spawn(_log_stats_forever, relay, args.stats_interval)

@@ -8,11 +8,13 @@ written against the socket module run over any bufferevent unchanged.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
 from typing import Any, Callable, Optional
 
+import gevent
 from gevent.pool import Group
 
 from .base import EventBase
@@ -161,6 +163,10 @@ class Server:
     def _run_handler(self, bev: BufferEvent) -> None:
         try:
             self._handler(bev)
+        except gevent.GreenletExit:
+            # stop() gave up waiting: close at once, do not drain.
+            bev.free()
+            raise
         except Exception:
             self._base.hub.handle_error(self._handler, *sys.exc_info())
         finally:
@@ -251,10 +257,13 @@ class BufferEventSocket:
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closed:
-            raise OSError(9, "Bad file descriptor")
+            raise OSError(errno.EBADF, "Bad file descriptor")
         try:
             return fn(*args, timeout=self._timeout)
         except TimeoutError as exc:
+            if self._timeout == 0.0:
+                # Non-blocking mode, as setblocking(False) makes it.
+                raise BlockingIOError(errno.EAGAIN, "operation would block") from None
             if isinstance(exc, socket.timeout):  # Python 3.10+: the same class
                 raise
             raise socket.timeout(str(exc)) from None
@@ -317,6 +326,8 @@ class BufferEventSocket:
         return self._sockcall("getsockname")
 
     def _sockcall(self, name: str) -> Any:
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
         fn = getattr(self.bev, name, None)
         if fn is None:
             raise OSError(f"{type(self.bev).__name__} has no {name}")
@@ -325,5 +336,10 @@ class BufferEventSocket:
     def makefile(
         self, mode: str = "r", buffering: Optional[int] = None, **_: Any
     ) -> Any:
-        """A file object over the bufferevent (see ``BufferEvent.makefile``)."""
-        return self.bev.makefile(mode, -1 if buffering is None else buffering)
+        """A file object over the bufferevent (see ``BufferEvent.makefile``);
+        its reads and writes honour ``settimeout``."""
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return self.bev.makefile(
+            mode, -1 if buffering is None else buffering, timeout=self._timeout
+        )

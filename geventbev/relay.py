@@ -30,6 +30,7 @@ import gevent
 from .base import EventBase, get_default_base
 from .bufferevent import BufferEvent
 from .constants import EV_READ, EV_WRITE, Event, Option
+from .errors import BufferEventError
 from .listener import Listener
 from .sock import socket_new
 
@@ -41,8 +42,13 @@ __all__ = ["Relay", "RelayConnection", "parse_hostport", "format_hostport"]
 DEFAULT_PAUSE_ABOVE = 1 << 20
 
 
-def parse_hostport(text: str, *, name: str = "address") -> tuple:
+def parse_hostport(
+    text: str, *, name: str = "address", allow_port_zero: bool = True
+) -> tuple:
     """Parse ``HOST:PORT`` or ``[IPV6]:PORT`` into ``(host, port)``.
+
+    Port 0 ("pick a free port") only makes sense for listening; pass
+    ``allow_port_zero=False`` for an address to connect to.
 
     Raises:
         ValueError: naming ``name`` when the text is not of that form.
@@ -60,8 +66,9 @@ def parse_hostport(text: str, *, name: str = "address") -> tuple:
         port = int(port_text)
     except ValueError:
         raise ValueError(f"{name} has a bad port {port_text!r} in {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{name} port must be in 0..65535, got {port}")
+    lowest = 0 if allow_port_zero else 1
+    if not lowest <= port <= 65535:
+        raise ValueError(f"{name} port must be in {lowest}..65535, got {port}")
     return host, port
 
 
@@ -108,11 +115,16 @@ class RelayConnection:
         self.backend.enable(EV_READ | EV_WRITE)
         host, port = relay.target
         try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        except OSError:
-            self.backend.connect_hostname(host, port)
-        else:
-            self.backend.connect((host, port))
+            try:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                socket.inet_pton(family, host)
+            except OSError:
+                self.backend.connect_hostname(host, port)
+            else:
+                self.backend.connect((host, port))
+        except (BufferEventError, ValueError, TypeError) as exc:
+            # Reported by the accept path once the connection is tracked.
+            self.reason = f"backend connect failed: {exc}"
 
     def _name(self, bev: BufferEvent) -> str:
         return "client" if bev is self.client else "backend"
@@ -240,6 +252,7 @@ class Relay:
         on_close: Optional[Callable[[RelayConnection], None]] = None,
         base: Optional[EventBase] = None,
     ) -> None:
+        parse_hostport(format_hostport(target), name="target", allow_port_zero=False)
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout!r}")
         if pause_above < 1:
@@ -262,6 +275,10 @@ class Relay:
         self.accepted += 1
         conn = RelayConnection(self, next(self._ids), sock, address)
         self.connections.add(conn)
+        if conn.reason is not None:  # the backend connect failed at once
+            reason, conn.reason = conn.reason, None
+            conn.close(reason)
+            return
         logger.debug("#%d accepted from %s", conn.ident, format_hostport(address))
 
     def _closed(self, conn: RelayConnection) -> None:

@@ -38,7 +38,7 @@ from gevent import getcurrent
 
 from .base import EventBase
 from .bufferevent import SUSPEND_LOOKUP, BufferEvent
-from .constants import EV_READ, EV_WRITE, Event, FlushMode, Option
+from .constants import EV_READ, EV_WRITE, Event, FlushMode
 from .errors import BufferEventError
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class SocketBufferEvent(BufferEvent):
         self._write_kick = False
         self._writer_idle = False
         self._sending_inline = False
+        self._sends = 0  # send() calls that moved bytes; see _reader_loop
         self._dns_error = 0
         self._reader: Optional[gevent.Greenlet] = None
         self._writer: Optional[gevent.Greenlet] = None
@@ -229,6 +230,12 @@ class SocketBufferEvent(BufferEvent):
         """
         self._check_alive()
         family = _family_for(address)
+        if family != socket.AF_UNIX:
+            port = address[1]
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise TypeError(f"port must be an int, got {port!r}")
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port must be in 1..65535, got {port}")
         if self._connected or self._connecting:
             raise BufferEventError("connect: already connected or connecting")
         created = False
@@ -372,9 +379,13 @@ class SocketBufferEvent(BufferEvent):
                 return
             inp._append_internal(data)
             self._after_read(len(data))
+            sends = self._sends
             self._bytes_read()
             if len(data) < budget:
-                drained = True
+                # Unless the callback just sent something (then the peer's
+                # answer may already be here and a recv is cheaper than a
+                # trip through the hub).
+                drained = sends == self._sends
             elif not self._freed:
                 # More is probably waiting; let other greenlets have a turn
                 # first (max single read applies per turn).
@@ -399,6 +410,7 @@ class SocketBufferEvent(BufferEvent):
         finally:
             view.release()
         if sent:
+            self._sends += 1
             out._drain_internal(sent)
             timer = self._write_timer
             if timer is not None:
@@ -465,9 +477,9 @@ class SocketBufferEvent(BufferEvent):
     # -- hooks --------------------------------------------------------------
 
     def _kind_start(self, what: int) -> None:
-        if what & EV_READ:
+        if what & 2:  # EV_READ
             self._read_wake.set()
-        if what & EV_WRITE:
+        if what & 4:  # EV_WRITE
             self._write_kick = True
             self._write_wake.set()
 
@@ -535,7 +547,7 @@ class SocketBufferEvent(BufferEvent):
             watcher = getattr(self, name, None)
             if watcher is not None:
                 watcher.stop()
-        if self._options & Option.CLOSE_ON_FREE:
+        if self._options & 1:  # Option.CLOSE_ON_FREE
             user_sock, self._user_sock = self._user_sock, None
             if user_sock is not None:
                 # Close through the caller's object so it never closes a

@@ -610,16 +610,16 @@ def test_pair_get_partner_uses_get_partner_when_the_kind_has_one(base):
 
 def test_max_single_read_and_write(sockpair):
     bev, _ = sockpair
-    assert e2.bufferevent_get_max_single_read(bev) == 16384
+    assert e2.bufferevent_get_max_single_read(bev) == 65536
     assert e2.bufferevent_set_max_single_read(bev, 1024) == 0
     assert e2.bufferevent_set_max_single_write(bev, 2048) == 0
     assert e2.bufferevent_get_max_single_read(bev) == 1024
     assert e2.bufferevent_get_max_single_write(bev) == 2048
     assert e2.bufferevent_set_max_single_read(bev, 0) == 0
-    assert e2.bufferevent_get_max_single_read(bev) == 16384
+    assert e2.bufferevent_get_max_single_read(bev) == 65536
     assert e2.bufferevent_set_max_single_read(bev, 2**31 - 1) == 0
     assert e2.bufferevent_set_max_single_write(bev, 2**63) == 0
-    assert e2.bufferevent_get_max_single_write(bev) == 16384
+    assert e2.bufferevent_get_max_single_write(bev) == 65536
 
 
 def test_max_single_read_above_int_max_fails_but_is_stored(sockpair):
@@ -628,7 +628,7 @@ def test_max_single_read_above_int_max_fails_but_is_stored(sockpair):
     assert e2.bufferevent_set_max_single_read(bev, 2**31) == -1
     assert e2.bufferevent_get_max_single_read(bev) == 2**31
     assert e2.bufferevent_set_max_single_read(bev, 2**63) == 0
-    assert e2.bufferevent_get_max_single_read(bev) == 16384
+    assert e2.bufferevent_get_max_single_read(bev) == 65536
 
 
 def test_functions_on_a_freed_bufferevent_fail(sockpair):
