@@ -51,7 +51,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from gevent.event import Event as _GeventEvent
+from gevent.hub import Waiter
 
 from .base import EventBase, get_default_base
 from .buffer import Buffer
@@ -71,6 +71,8 @@ from .constants import (
 from .errors import BufferEventError, IncompleteReadError, LineTooLongError
 
 logger = logging.getLogger(__name__)
+
+_TIMED_OUT = object()  # what a blocking wait's timer hands its Waiter
 
 __all__ = ["BufferEvent"]
 
@@ -213,8 +215,7 @@ class BufferEvent:
         # The user only removes from input and only appends to output.
         self.input.freeze(False)
         self.output.freeze(True)
-        self.output.add_cb(self._on_output_changed)
-        self._input_wm_handle: Any = None
+        self.output._watcher = self._on_output_changed
 
         self._readcb: Optional[ReadCallback] = None
         self._writecb: Optional[ReadCallback] = None
@@ -247,8 +248,7 @@ class BufferEvent:
         self._freed = False
         # Set when the transport is gone for good (a failed connect).
         self._dead = False
-        self._change: Optional[_GeventEvent] = None
-        self._waiters = 0
+        self._waiting: list = []  # gevent Waiters of blocking-style calls
         self.base._register(self)
 
     def __repr__(self) -> str:
@@ -503,13 +503,12 @@ class BufferEvent:
         if what & _READ:
             self._read_low, self._read_high = low, high
             if high:
-                if self._input_wm_handle is None:
-                    self._input_wm_handle = self.input.add_cb(self._on_input_changed)
+                # Watch the input so draining it below the mark resumes
+                # reading at once, whoever drains it.
+                self.input._watcher = self._on_input_changed
                 self._check_read_high()
             else:
-                if self._input_wm_handle is not None:
-                    self.input.remove_cb(self._input_wm_handle)
-                    self._input_wm_handle = None
+                self.input._watcher = None
                 self._unsuspend(EV_READ, SUSPEND_WM)
 
     def getwatermark(self, what: int) -> tuple:
@@ -528,24 +527,24 @@ class BufferEvent:
         elif self._read_suspended & SUSPEND_WM:
             self._unsuspend(EV_READ, SUSPEND_WM)
 
-    def _on_input_changed(self, buf: Buffer, info: Any, ctx: Any) -> None:
-        if info.n_deleted and not self._freed:
+    def _on_input_changed(self, n_added: int, n_deleted: int) -> None:
+        if n_deleted and not self._freed:
             self._check_read_high()
 
-    def _on_output_changed(self, buf: Buffer, info: Any, ctx: Any) -> None:
+    def _on_output_changed(self, n_added: int, n_deleted: int) -> None:
         if self._freed:
             return
-        if info.n_added:
+        if n_added:
             timer = self._write_timer
             if timer is not None and not timer.armed and self._writing_wanted():
                 timer.arm(restart=True)
             self._kind_output_grew()
-        if info.n_deleted:
-            if not len(buf):
+        if n_deleted:
+            if not len(self.output):
                 if self._write_timer is not None:
                     self._write_timer.disarm()
                 self.base._poke()
-            if self._waiters:
+            if self._waiting:
                 self._notify()
 
     def _read_budget(self) -> int:
@@ -615,7 +614,7 @@ class BufferEvent:
         if timer is not None:
             timer.last_activity = time.monotonic()
         self._trigger_read()
-        if self._waiters:
+        if self._waiting:
             self._notify()
 
     def _bytes_written(self) -> None:
@@ -651,7 +650,7 @@ class BufferEvent:
         if error is not None:
             logger.debug("%r: event %#x: %s", self, events, error)
         self._trigger_event(events)
-        if self._waiters:
+        if self._waiting:
             self._notify()
         self.base._poke()
 
@@ -807,28 +806,41 @@ class BufferEvent:
     # -- blocking style -----------------------------------------------------
 
     def _notify(self) -> None:
-        """Wake every greenlet waiting in a blocking-style call."""
-        change = self._change
-        if change is not None:
-            self._change = None
-            change.set()
+        """Wake every greenlet waiting in a blocking-style call.
+
+        Each waiter re-checks its own condition, so a wake-up that turns
+        out not to concern it only costs it one more loop.
+        """
+        waiting = self._waiting
+        if waiting:
+            self._waiting = []
+            run_callback = self.base.loop.run_callback
+            for waiter in waiting:
+                # Waiter.switch must run in the hub; it ignores a waiter
+                # that already left (timed out), so nothing goes stale.
+                run_callback(waiter.switch, None)
 
     def _wait_change(self, deadline: Optional[float], what: str) -> None:
         """Park until ``_notify``; TimeoutError once ``deadline`` passes."""
-        change = self._change
-        if change is None:
-            change = self._change = _GeventEvent()
-        remaining = None
+        waiter = Waiter(self.base.hub)
+        timer = None
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"timed out waiting for {what}")
-        self._waiters += 1
+            timer = self.base.loop.timer(remaining)
+            timer.start(waiter.switch, _TIMED_OUT)
+        self._waiting.append(waiter)
         try:
-            woke = change.wait(remaining)
+            result = waiter.get()
         finally:
-            self._waiters -= 1
-        if not woke and deadline is not None and time.monotonic() >= deadline:
+            if timer is not None:
+                timer.close()
+            try:
+                self._waiting.remove(waiter)
+            except ValueError:
+                pass  # _notify already took it
+        if result is _TIMED_OUT:
             raise TimeoutError(f"timed out waiting for {what}")
 
     def _raise_if_failed(self, what: str) -> None:

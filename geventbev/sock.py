@@ -471,7 +471,7 @@ class SocketBufferEvent(BufferEvent):
             logger.debug("%r: shutdown(SHUT_WR) failed: %s", self, exc)
         else:
             logger.debug("%r: write side shut down", self)
-        if self._waiters:
+        if self._waiting:
             self._notify()
 
     # -- hooks --------------------------------------------------------------
