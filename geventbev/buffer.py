@@ -177,6 +177,31 @@ def _buffer_arg(other: Any, name: str) -> Buffer:
     return other
 
 
+def _notify_move(
+    src: Buffer, src_orig: int, dst: Buffer, dst_orig: int, n: int
+) -> None:
+    """Report a move of *n* bytes to both buffers' observers, source first.
+
+    The destination's callbacks run even when the source's raise; then the
+    first exception propagates.
+    """
+    error: Optional[Exception] = None
+    if src._cbs or src._watcher is not None:
+        try:
+            src._notify(src_orig, 0, n)
+        except Exception as exc:
+            error = exc
+    if dst._cbs or dst._watcher is not None:
+        try:
+            dst._notify(dst_orig, n, 0)
+        except Exception as exc:
+            if error is None:
+                raise
+            logger.error("buffer callback on %r also failed", dst, exc_info=exc)
+    if error is not None:
+        raise error
+
+
 def _refused(op: str, front: bool) -> BufferEventError:
     where = "front" if front else "end"
     return BufferEventError(f"{op} refused: the buffer's {where} is frozen")
@@ -265,7 +290,8 @@ class Buffer:
     def add(self, data: Any) -> None:
         """Append *data* at the end.
 
-        A ``bytes`` object is stored without copying; other bytes-like
+        A ``bytes`` object is stored without copying, unless it is small
+        enough to be merged into a small last chunk; other bytes-like
         objects (``bytearray``, ``memoryview``, ...) are copied once.
         Callbacks run when *data* is not empty.
 
@@ -323,9 +349,10 @@ class Buffer:
     def add_buffer(self, other: Buffer) -> None:
         """Move every byte of *other* to the end of this buffer.
 
-        Chunks move without copying.  *other*'s callbacks run first (bytes
-        deleted), then this buffer's (bytes added).  Nothing happens when
-        *other* is empty or is this buffer, even if an end is frozen.
+        Chunks move without copying (only a partly consumed first chunk is
+        trimmed).  *other*'s callbacks run first (bytes deleted), then this
+        buffer's (bytes added).  Nothing happens when *other* is empty or is
+        this buffer, even if an end is frozen.
 
         Args:
             other: the source Buffer; it is empty afterwards.
@@ -350,10 +377,7 @@ class Buffer:
             self._chunks, other._chunks = other._chunks, self._chunks
             self._off, other._off = other._off, 0
             self._len, other._len = n, 0
-        if other._cbs or other._watcher is not None:
-            other._notify(n, 0, n)
-        if self._cbs or self._watcher is not None:
-            self._notify(orig, n, 0)
+        _notify_move(other, n, self, orig, n)
 
     def expand(self, n: int) -> None:
         """Prepare room for *n* more bytes (libevent's evbuffer_expand).
@@ -474,10 +498,7 @@ class Buffer:
             self._off = 0
         chunks.extendleft(reversed(moved))
         self._len += n
-        if other._cbs or other._watcher is not None:
-            other._notify(n, 0, n)
-        if self._cbs or self._watcher is not None:
-            self._notify(orig, n, 0)
+        _notify_move(other, n, self, orig, n)
 
     # -- removing ----------------------------------------------------------
 
@@ -563,10 +584,7 @@ class Buffer:
         else:
             moved = self._split_front(n)
         dst._extend(moved, n)
-        if self._cbs or self._watcher is not None:
-            self._notify(orig_src, 0, n)
-        if dst._cbs or dst._watcher is not None:
-            dst._notify(orig_dst, n, 0)
+        _notify_move(self, orig_src, dst, orig_dst, n)
         return n
 
     def readln(self, eol: EOL | int = EOL.CRLF) -> Optional[bytes]:
@@ -594,6 +612,31 @@ class Buffer:
             raise _refused("readln", front=True)
         if not self._len:
             return None
+        if eol is not EOL.ANY and eol is not EOL.CRLF_STRICT:
+            # Fast path: the terminator is in the first chunk.  When it is
+            # not, the general path below scans that chunk again; memchr
+            # over one chunk costs less than the helper calls saved here.
+            first = self._chunks[0]
+            off = self._off
+            i = first.find(b"\0" if eol is EOL.NUL else b"\n", off)
+            if i >= 0:
+                stop = i
+                if eol is EOL.CRLF and i > off and first[i - 1] == _CR:
+                    stop = i - 1
+                line = first[off:stop]
+                i += 1
+                if i == len(first):
+                    self._chunks.popleft()
+                    self._off = 0
+                else:
+                    self._off = i
+                orig = self._len
+                self._len = orig - (i - off)
+                if self._cbs or self._watcher is not None:
+                    self._notify(orig, 0, i - off)
+                return line
+            if len(self._chunks) == 1:
+                return None
         pos, eol_len = self._search_eol(0, eol)
         if pos < 0:
             return None

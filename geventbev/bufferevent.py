@@ -25,8 +25,11 @@ deferral; then it is queued on the EventBase and the queued callbacks run
 in libevent's order: CONNECTED first, then read, then write, then all other
 events OR-ed into one call.  Callbacks that come from the hub itself (a
 timeout) always go through the EventBase's callback greenlet, so user code
-never runs inside the hub and may block.  ``write()`` never runs a
-callback, so callbacks cannot nest inside each other through writes.
+never runs inside the hub.  A callback that runs in a socket's reader or
+writer greenlet must not wait for that same bufferevent (it would wait for
+itself): the blocking-style methods refuse with BufferEventError there.
+``write()`` never runs a callback, so callbacks cannot nest inside each
+other through writes.
 
 Timeouts.  A timeout counts only while its direction is wanted (enabled,
 not suspended and, for writing, with bytes pending).  Every read or write
@@ -51,6 +54,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from gevent import getcurrent
 from gevent.hub import Waiter
 
 from .base import EventBase, get_default_base
@@ -248,6 +252,8 @@ class BufferEvent:
         self._freed = False
         # Set when the transport is gone for good (a failed connect).
         self._dead = False
+        # " to <address>" once a connect started, for error messages.
+        self._target_desc = ""
         self._waiting: list = []  # gevent Waiters of blocking-style calls
         self.base._register(self)
 
@@ -794,6 +800,11 @@ class BufferEvent:
         """True when everything taken from output reached the transport."""
         return True
 
+    def _kind_io_greenlets(self) -> tuple:
+        """The greenlets that move this bufferevent's bytes (they must never
+        block waiting on it)."""
+        return ()
+
     def shutdown_write(self) -> None:
         """Tell the peer no more data will come, once output has drained.
 
@@ -822,6 +833,13 @@ class BufferEvent:
 
     def _wait_change(self, deadline: Optional[float], what: str) -> None:
         """Park until ``_notify``; TimeoutError once ``deadline`` passes."""
+        if getcurrent() in self._kind_io_greenlets():
+            # This greenlet is the one that would deliver what we wait for.
+            raise BufferEventError(
+                f"cannot wait for {what} inside a callback that runs in this "
+                "bufferevent's own I/O greenlet: create it with "
+                "DEFER_CALLBACKS, or block in another greenlet"
+            )
         waiter = Waiter(self.base.hub)
         timer = None
         if deadline is not None:
@@ -880,7 +898,11 @@ class BufferEvent:
         deadline = self._deadline(timeout)
         self._check_alive()
         while not self._connected:
-            self._raise_if_failed("connect")
+            self._raise_if_failed(f"connect{self._target_desc}")
+            if not self._kind_busy():
+                raise BufferEventError(
+                    "not connected and no connect in progress: call connect() first"
+                )
             self._wait_change(deadline, "connect")
             self._check_alive()
 
@@ -1077,8 +1099,9 @@ class BufferEvent:
 
         ``mode`` is one of "r", "w", "rw" (or "rwb"), with "b" for bytes;
         without "b" the file is text (UTF-8).  ``timeout`` bounds each
-        blocking read or write (TimeoutError; ``socket.timeout`` is the
-        same class).  Closing the file does not free the bufferevent.
+        blocking read or write (TimeoutError; for socket-style errors use
+        ``BufferEventSocket(bev).makefile()``).  Closing the file does not
+        free the bufferevent.
         """
         if (
             not isinstance(mode, str)

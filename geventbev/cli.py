@@ -54,72 +54,116 @@ def _target(text: str) -> tuple:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _int_in(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be between {low} and {high}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+def _level(text: str) -> str:
+    level = text.upper()
+    if level not in _LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(_LEVELS)}, got {text!r}"
+        )
+    return level
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m geventbev",
         description="A TCP relay built on geventbev bufferevents.",
     )
-    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=levels,
-        help="logging level (default: INFO)",
-    )
+    log_help = "logging level: DEBUG, INFO, WARNING or ERROR (default: INFO)"
+    parser.add_argument("--log-level", default="INFO", type=_level, help=log_help)
     # Also accepted after the command (`relay ... --log-level DEBUG`);
     # SUPPRESS keeps the top-level default when it is not given there.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--log-level",
-        default=argparse.SUPPRESS,
-        choices=levels,
-        help="logging level (default: INFO)",
+        "--log-level", default=argparse.SUPPRESS, type=_level, help=log_help
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     relay = sub.add_parser(
-        "relay", parents=[common], help="relay TCP connections to a backend"
+        "relay",
+        parents=[common],
+        help="relay TCP connections to a backend",
+        description="Relay every TCP connection accepted on --listen to "
+        "--connect, with backpressure (1 MiB per direction) and half-close "
+        "passed through.  One INFO line per connection on close gives the "
+        "bytes moved up (client to backend) and down (backend to client).  "
+        "SIGINT or SIGTERM stops it (exit 0); open connections are closed.",
     )
     relay.add_argument(
         "--listen",
         required=True,
         type=_hostport,
         metavar="HOST:PORT",
-        help="address to accept clients on "
-        "(port 0 picks a free port; the bound address is printed)",
+        help="address to accept clients on; [ADDR]:PORT for IPv6; "
+        "port 0 picks a free port (the bound address is printed)",
     )
     relay.add_argument(
         "--connect",
         required=True,
         type=_target,
         metavar="HOST:PORT",
-        help="backend to relay each client to",
+        help="backend to relay each client to (a host name is resolved "
+        "for each connection)",
     )
     relay.add_argument(
         "--idle-timeout",
         type=_positive_float,
         metavar="S",
-        help="close a connection after S seconds without traffic",
+        help="close a connection after S seconds in which no bytes moved "
+        "either way (default: never)",
+    )
+    relay.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="close a client whose backend connect takes longer than S "
+        "seconds (default: 10)",
     )
     relay.add_argument(
         "--stats-interval",
         type=_positive_float,
         metavar="S",
-        help="log connection and byte counts every S seconds",
+        help="log connection and byte counts every S seconds, at INFO (default: never)",
     )
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="run the relay on an embedded example"
+        "demo",
+        parents=[common],
+        help="run the relay on an embedded example",
+        description="Start a local backend and a relay in front of it on "
+        "127.0.0.1, download through the relay with several clients at "
+        "once, check every byte, and print a table; exit 0 when all match.",
     )
     demo.add_argument(
         "--clients",
-        type=int,
+        type=_int_in(1, 256),
         default=4,
-        help="number of concurrent clients (default: 4)",
+        help="number of concurrent clients, 1-256 (default: 4)",
     )
     demo.add_argument(
-        "--mib", type=int, default=16, help="MiB each client downloads (default: 16)"
+        "--mib",
+        type=_int_in(1, 4096),
+        default=16,
+        help="MiB each client downloads, 1-4096 (default: 16)",
     )
     return parser
 
@@ -136,7 +180,12 @@ def run_relay(args: argparse.Namespace) -> int:
     stop = gevent.event.Event()
     handlers = _install_stop_signals(stop)
     try:
-        relay = Relay(args.listen, args.connect, idle_timeout=args.idle_timeout)
+        relay = Relay(
+            args.listen,
+            args.connect,
+            idle_timeout=args.idle_timeout,
+            connect_timeout=args.connect_timeout,
+        )
     except OSError as exc:
         print(
             f"error: cannot listen on {format_hostport(args.listen)}: {exc}",
@@ -157,18 +206,21 @@ def run_relay(args: argparse.Namespace) -> int:
     try:
         stop.wait()
     finally:
-        for handler in handlers:
-            handler.cancel()
+        # The handlers stay installed until the end, so a second signal
+        # during shutdown is absorbed instead of killing the process.
         if stats is not None:
             stats.kill()
         relay.close()
         totals = relay.stats()
         logger.info(
-            "relay stopped: %d connections, up %d bytes, down %d bytes",
+            "relay stopped: %d connection%s, up %d bytes, down %d bytes",
             totals["accepted"],
+            "" if totals["accepted"] == 1 else "s",
             totals["up"],
             totals["down"],
         )
+        for handler in handlers:
+            handler.cancel()
     return 0
 
 
@@ -188,9 +240,21 @@ def _log_stats_forever(relay: Relay, interval: float) -> None:
 # -- demo -------------------------------------------------------------------
 
 
-def _pattern(size: int, seed: int) -> bytes:
-    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
-    return (block * (size // len(block) + 1))[:size]
+_BLOCK = 1 << 16
+
+
+def _pattern_blocks(size: int, seed: int) -> Any:
+    """``size`` bytes of a seed-dependent pattern, 64 KiB at a time."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (_BLOCK // 32)
+    for offset in range(0, size, _BLOCK):
+        yield block[: min(_BLOCK, size - offset)]
+
+
+def _pattern_digest(size: int, seed: int) -> bytes:
+    digest = hashlib.sha256()
+    for block in _pattern_blocks(size, seed):
+        digest.update(block)
+    return digest.digest()
 
 
 def _demo_backend(bev: BufferEvent) -> None:
@@ -199,9 +263,8 @@ def _demo_backend(bev: BufferEvent) -> None:
     if not request:
         return
     _, size_text, seed_text = request.decode().split()
-    payload = _pattern(int(size_text), int(seed_text))
-    for offset in range(0, len(payload), 1 << 18):
-        bev.write_all(payload[offset : offset + (1 << 18)], timeout=30)
+    for block in _pattern_blocks(int(size_text), int(seed_text)):
+        bev.write_all(block, timeout=30)
 
 
 def _demo_client(address: Any, index: int, size: int) -> dict:
@@ -220,14 +283,11 @@ def _demo_client(address: Any, index: int, size: int) -> dict:
     finally:
         bev.free()
     seconds = time.monotonic() - started
-    ok = digest.digest() == hashlib.sha256(_pattern(size, index)).digest()
+    ok = digest.digest() == _pattern_digest(size, index)
     return {"client": index, "bytes": received, "seconds": seconds, "ok": ok}
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.clients < 1 or args.mib < 1:
-        print("error: --clients and --mib must be >= 1", file=sys.stderr)
-        return 2
     closed: list = []
     backend = serve(("127.0.0.1", 0), _demo_backend)
     relay = Relay(

@@ -9,6 +9,7 @@ written against the socket module run over any bufferevent unchanged.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import socket
 import sys
@@ -220,9 +221,14 @@ class BufferEventSocket:
     Legacy code written for sockets (``recv``, ``sendall``, ``makefile``,
     timeouts) runs unchanged on top of a socket, pair, filter or TLS
     bufferevent.  Errors are raised the way a socket raises them: the
-    transport's ``OSError`` itself, and ``socket.timeout`` on timeouts.
-    Closing the adapter sends what is queued (bounded by the timeout, or
-    ``CLOSE_DRAIN_TIMEOUT``) and frees the bufferevent.
+    transport's ``OSError`` itself, ``socket.timeout`` on timeouts and
+    ``BlockingIOError`` in non-blocking mode.  As with a socket, ``close()``
+    takes effect once the last file from ``makefile()`` is closed too; then
+    what is queued is sent (bounded by the timeout, or
+    ``CLOSE_DRAIN_TIMEOUT``) and the bufferevent is freed.
+
+    Attributes:
+        bev: the bufferevent underneath.
     """
 
     def __init__(self, bev: BufferEvent) -> None:
@@ -231,6 +237,7 @@ class BufferEventSocket:
         self.bev = bev
         self._timeout: Optional[float] = None
         self._closed = False
+        self._io_refs = 0  # open makefile() files, as socket.socket counts
 
     def __repr__(self) -> str:
         return f"<BufferEventSocket {self.bev!r}>"
@@ -242,13 +249,18 @@ class BufferEventSocket:
         self.close()
 
     def settimeout(self, timeout: Optional[float]) -> None:
-        """Seconds each blocking call may take (None: forever)."""
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        """Seconds each blocking call may take (None: forever; 0: never
+        block, as ``setblocking(False)``)."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be seconds or None, got {timeout!r}")
+            if timeout < 0:
+                raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+            timeout = float(timeout)
         self._timeout = timeout
 
     def gettimeout(self) -> Optional[float]:
-        """The timeout set by ``settimeout``."""
+        """The timeout set by ``settimeout``, in seconds (None: blocking)."""
         return self._timeout
 
     def setblocking(self, flag: bool) -> None:
@@ -256,13 +268,14 @@ class BufferEventSocket:
         self._timeout = None if flag else 0.0
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._closed:
+        # The bufferevent is freed only when the socket is really closed
+        # (close() with no makefile() file left open).
+        if self.bev.freed:
             raise OSError(errno.EBADF, "Bad file descriptor")
         try:
             return fn(*args, timeout=self._timeout)
         except TimeoutError as exc:
             if self._timeout == 0.0:
-                # Non-blocking mode, as setblocking(False) makes it.
                 raise BlockingIOError(errno.EAGAIN, "operation would block") from None
             if isinstance(exc, socket.timeout):  # Python 3.10+: the same class
                 raise
@@ -271,6 +284,8 @@ class BufferEventSocket:
             cause = exc.__cause__
             if isinstance(cause, OSError):
                 raise cause from exc
+            if self.bev.freed:
+                raise OSError(errno.EBADF, "Bad file descriptor") from exc
             raise
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -304,25 +319,37 @@ class BufferEventSocket:
         """SHUT_WR: send EOF after the queued output; SHUT_RD: stop reading."""
         if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
             raise ValueError(f"how must be SHUT_RD, SHUT_WR or SHUT_RDWR, got {how!r}")
+        if self.bev.freed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             self.bev.disable(EV_READ)
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
             self.bev.shutdown_write()
 
     def close(self) -> None:
-        """Send what is queued (bounded), then free the bufferevent."""
+        """Close; the connection ends once no ``makefile()`` file is open."""
         if self._closed:
             return
         self._closed = True
-        _finish(self.bev, self._timeout)
+        if self._io_refs <= 0:
+            _finish(self.bev, self._timeout)
+
+    def _decref_socketios(self) -> None:
+        # Called by socket.SocketIO when a makefile() file is closed.
+        self._io_refs -= 1
+        if self._closed and self._io_refs <= 0:
+            _finish(self.bev, self._timeout)
 
     def fileno(self) -> int:
+        """The descriptor of the transport, or -1 (pairs, freed)."""
         return self.bev.fileno()
 
     def getpeername(self) -> Any:
+        """The peer's address, as the transport reports it."""
         return self._sockcall("getpeername")
 
     def getsockname(self) -> Any:
+        """The local address, as the transport reports it."""
         return self._sockcall("getsockname")
 
     def _sockcall(self, name: str) -> Any:
@@ -334,12 +361,44 @@ class BufferEventSocket:
         return fn()
 
     def makefile(
-        self, mode: str = "r", buffering: Optional[int] = None, **_: Any
+        self,
+        mode: str = "r",
+        buffering: Optional[int] = None,
+        *,
+        encoding: Optional[str] = None,
+        errors: Optional[str] = None,
+        newline: Optional[str] = None,
     ) -> Any:
-        """A file object over the bufferevent (see ``BufferEvent.makefile``);
-        its reads and writes honour ``settimeout``."""
+        """A file object reading and/or writing through this adapter, with
+        the semantics of ``socket.socket.makefile`` (timeouts and errors as
+        ``recv``/``send`` raise them; the adapter stays open until the file
+        is closed)."""
         if self._closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        return self.bev.makefile(
-            mode, -1 if buffering is None else buffering, timeout=self._timeout
-        )
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
+        reading = "r" in mode
+        writing = "w" in mode or not reading
+        rawmode = ("r" if reading else "") + ("w" if writing else "")
+        # socket.SocketIO only needs recv_into, send and _decref_socketios.
+        raw = socket.SocketIO(self, rawmode)  # type: ignore[arg-type]
+        self._io_refs += 1
+        if buffering is None:
+            buffering = -1
+        if buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if "b" not in mode:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        if reading and writing:
+            buffered: Any = io.BufferedRWPair(raw, raw, buffering)
+        elif reading:
+            buffered = io.BufferedReader(raw, buffering)
+        else:
+            buffered = io.BufferedWriter(raw, buffering)
+        if "b" in mode:
+            return buffered
+        text = io.TextIOWrapper(buffered, encoding, errors, newline)
+        text.mode = mode  # type: ignore[misc]
+        return text

@@ -113,6 +113,10 @@ class RelayConnection:
                 bev.set_timeouts(relay.idle_timeout, relay.idle_timeout)
         self.client.enable(EV_READ | EV_WRITE)
         self.backend.enable(EV_READ | EV_WRITE)
+        self._connect_timer: Any = None
+        if relay.connect_timeout:
+            self._connect_timer = base.loop.timer(relay.connect_timeout)
+            self._connect_timer.start(self._connect_timed_out)
         host, port = relay.target
         try:
             try:
@@ -125,6 +129,17 @@ class RelayConnection:
         except (BufferEventError, ValueError, TypeError) as exc:
             # Reported by the accept path once the connection is tracked.
             self.reason = f"backend connect failed: {exc}"
+
+    def _connect_timed_out(self) -> None:
+        # Runs in the hub: close from a greenlet of its own.
+        timer, self._connect_timer = self._connect_timer, None
+        if timer is not None:
+            timer.close()
+        if self.reason is None and not self.backend.freed:
+            gevent.spawn(
+                self.close,
+                f"backend connect timed out after {self.relay.connect_timeout} s",
+            )
 
     def _name(self, bev: BufferEvent) -> str:
         return "client" if bev is self.client else "backend"
@@ -146,6 +161,9 @@ class RelayConnection:
             dst.setwatermark(EV_WRITE, self.relay.pause_above // 2, 0)
 
     def _on_write(self, dst: BufferEvent, ctx: Any) -> None:
+        # The receiver took bytes: that is traffic too, even while the
+        # other side's reading is paused and no read callback runs.
+        self.last_activity = time.monotonic()
         src = self._peer[dst]
         if src in self._paused:
             self._paused.discard(src)
@@ -157,6 +175,9 @@ class RelayConnection:
     def _on_event(self, bev: BufferEvent, events: int, ctx: Any) -> None:
         if events & Event.CONNECTED:
             logger.debug("#%d backend connected", self.ident)
+            if self._connect_timer is not None:
+                self._connect_timer.close()
+                self._connect_timer = None
             return
         if events & Event.TIMEOUT:
             idle = time.monotonic() - self.last_activity
@@ -198,6 +219,9 @@ class RelayConnection:
         if self.reason is not None:
             return
         self.reason = reason
+        if self._connect_timer is not None:
+            self._connect_timer.close()
+            self._connect_timer = None
         for bev in (self.client, self.backend):
             if bev is not drain:
                 bev.free()
@@ -233,6 +257,8 @@ class Relay:
             pauses (backpressure).
         close_timeout: seconds allowed to send what is queued when one side
             fails.
+        connect_timeout: seconds a backend connect may take before the
+            client is closed (None: as long as the kernel tries).
         on_close: called with each RelayConnection when it ends.
 
     Attributes:
@@ -249,6 +275,7 @@ class Relay:
         idle_timeout: Optional[float] = None,
         pause_above: int = DEFAULT_PAUSE_ABOVE,
         close_timeout: float = 10.0,
+        connect_timeout: Optional[float] = 10.0,
         on_close: Optional[Callable[[RelayConnection], None]] = None,
         base: Optional[EventBase] = None,
     ) -> None:
@@ -262,6 +289,11 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.pause_above = pause_above
         self.close_timeout = close_timeout
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise ValueError(
+                f"connect_timeout must be > 0 seconds, got {connect_timeout!r}"
+            )
+        self.connect_timeout = connect_timeout
         self.on_close = on_close
         self.connections: set = set()
         self.total_up = 0

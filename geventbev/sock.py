@@ -250,6 +250,7 @@ class SocketBufferEvent(BufferEvent):
             sock.detach()
             self._user_sock = None
         assert self._sock is not None
+        self._target_desc = f" to {address!r}"
         logger.debug("%r: connecting to %r", self, address)
         err = self._sock.connect_ex(address)
         if err in _CONNECT_IN_PROGRESS:
@@ -268,7 +269,10 @@ class SocketBufferEvent(BufferEvent):
             return
         if created:
             self._close_socket()
-        raise BufferEventError(f"connect to {address!r} failed: {exc}") from exc
+        hint = ""
+        if family == socket.AF_UNIX and isinstance(address, str) and ":" in address:
+            hint = " (a str address is an AF_UNIX path; use (host, port) for TCP)"
+        raise BufferEventError(f"connect to {address!r} failed: {exc}{hint}") from exc
 
     def connect_hostname(
         self, host: str, port: int, family: int = socket.AF_UNSPEC
@@ -527,6 +531,9 @@ class SocketBufferEvent(BufferEvent):
 
     def _kind_output_settled(self) -> bool:
         return not len(self.output)
+
+    def _kind_io_greenlets(self) -> tuple:
+        return (self._reader, self._writer)
 
     def _kind_busy(self) -> bool:
         return self._connecting or self._lookup is not None or self._shutdown_pending

@@ -118,7 +118,23 @@ def test_bad_seconds_are_a_usage_error(
 
 def test_bad_log_level_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
     err = parse_error(capsys, ["--log-level", "LOUD", "demo"])
-    assert "argument --log-level: invalid choice: 'LOUD'" in err
+    assert "argument --log-level: must be one of DEBUG, INFO, WARNING, ERROR" in err
+    assert "'LOUD'" in err
+
+
+def test_log_level_is_case_insensitive() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "relay",
+            "--log-level",
+            "debug",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+        ]
+    )
+    assert args.log_level == "DEBUG"
 
 
 @pytest.mark.parametrize(
@@ -143,8 +159,17 @@ def test_log_level_before_or_after_the_command(argv: list, level: str) -> None:
 
 def test_relay_arguments_parse_into_addresses_and_seconds() -> None:
     args = cli.build_parser().parse_args(
-        ["relay", "--listen", "127.0.0.1:0", "--connect", "backend.test:8080",
-         "--idle-timeout", "2.5", "--stats-interval", "1"]
+        [
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            "backend.test:8080",
+            "--idle-timeout",
+            "2.5",
+            "--stats-interval",
+            "1",
+        ]
     )
     assert args.listen == ("127.0.0.1", 0)
     assert args.connect == ("backend.test", 8080)
@@ -191,7 +216,11 @@ def test_listen_address_in_use_exits_1_with_message() -> None:
         holder.listen(1)
         port = holder.getsockname()[1]
         result = run_program(
-            "relay", "--listen", f"127.0.0.1:{port}", "--connect", "127.0.0.1:9",
+            "relay",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--connect",
+            "127.0.0.1:9",
             timeout=20,
         )
     assert result.returncode == 1
@@ -214,17 +243,25 @@ def test_demo_passes_and_prints_a_row_per_client() -> None:
     result = run_program("demo", "--clients", "3", "--mib", "4", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("demo passed")
-    rows = re.findall(r"^\s*(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(\S+)$",
-                      result.stdout, re.MULTILINE)
+    rows = re.findall(
+        r"^\s*(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+\s+(\S+)$", result.stdout, re.MULTILINE
+    )
     assert sorted(rows) == [(str(i), str(4 << 20), "ok") for i in range(3)]
     assert "relay connections closed: 3" in result.stdout
     assert "relayed down 12582912 bytes" in result.stdout
 
 
-@pytest.mark.parametrize("argv", [["--clients", "0"], ["--mib", "0"]])
-def test_demo_rejects_non_positive_sizes(
-    capsys: pytest.CaptureFixture, argv: list
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--clients", "0"], "argument --clients: must be between 1 and 256, got 0"),
+        (["--mib", "0"], "argument --mib: must be between 1 and 4096, got 0"),
+        (["--mib", "100000"], "argument --mib: must be between 1 and 4096"),
+        (["--clients", "two"], "argument --clients: not a whole number: 'two'"),
+    ],
+)
+def test_demo_rejects_sizes_out_of_range(
+    capsys: pytest.CaptureFixture, argv: list, message: str
 ) -> None:
-    args = cli.build_parser().parse_args(["demo", *argv])
-    assert cli.run_demo(args) == 2
-    assert "--clients and --mib must be >= 1" in capsys.readouterr().err
+    err = parse_error(capsys, ["demo", *argv])
+    assert message in err

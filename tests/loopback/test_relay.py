@@ -506,7 +506,7 @@ def test_signal_exits_zero_when_idle(start_relay, unused_port: int) -> None:
     relay.wait_for_log(CLOSE_LINE)
     relay.proc.send_signal(signal.SIGTERM)
     assert relay.proc.wait(timeout=5) == 0
-    assert "relay stopped: 1 connections, up 0 bytes, down 0 bytes" in relay.log()
+    assert "relay stopped: 1 connection, up 0 bytes, down 0 bytes" in relay.log()
 
 
 #: Test-side instrumentation for the child: print() waits 0.5 s after the
