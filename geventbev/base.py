@@ -65,7 +65,10 @@ class EventBase:
         Deferred callbacks run in the order they were queued, in a greenlet
         of their own (never inside the hub, so they may block).  An
         exception raised by one is reported through the hub's error
-        handler and does not stop the others.
+        handler and does not stop the others.  One greenlet runs them all,
+        as one loop does in libevent: a callback that blocks delays the
+        others (and the deferred callbacks of every bufferevent on this
+        base) until it returns.
         """
         self._deferred.append((fn, args))
         if self._runner_parked:
@@ -134,6 +137,8 @@ class EventBase:
         """
         if gevent.getcurrent() is self.hub:
             raise RuntimeError("dispatch() cannot block the gevent hub itself")
+        if self._dispatch_wakeup is not None:
+            raise RuntimeError("dispatch() is already running on this base")
         self._got_exit = False
         self._got_break = False
         wakeup = self._dispatch_wakeup = _GeventEvent()
@@ -149,9 +154,12 @@ class EventBase:
 
     def loopexit(self, delay: float | None = 0.0) -> None:
         """Make ``dispatch`` return after ``delay`` seconds (0: at once)."""
-        delay = 0.0 if delay is None else float(delay)
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay!r}")
+        if delay is None:
+            delay = 0.0
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise TypeError(f"delay must be seconds as a float, got {delay!r}")
+        if not 0 <= delay < float("inf"):  # also refuses nan
+            raise ValueError(f"delay must be >= 0 seconds and finite, got {delay!r}")
         # Each call is its own timer and the first to expire wins, as in
         # libevent: a later, longer loopexit never postpones an earlier one.
         timer = self.loop.timer(delay)

@@ -54,6 +54,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+import gevent
 from gevent import getcurrent
 from gevent.hub import Waiter
 
@@ -100,6 +101,8 @@ _READ = int(EV_READ)
 _WRITE = int(EV_WRITE)
 _DEFER = int(Option.DEFER_CALLBACKS)
 _IGNORE_WM = int(Trigger.IGNORE_WATERMARKS)
+# Internal trigger option: deliver in a new greenlet (see _trigger_event).
+_OWN_GREENLET = 1 << 30
 
 # Suspension reasons, one bit each (libevent's BEV_SUSPEND_*).
 SUSPEND_WM = 0x01  # input reached the read high watermark
@@ -133,6 +136,8 @@ def _check_timeout(value: Optional[float], name: str) -> Optional[float]:
         raise TypeError(f"{name} must be seconds as a float or None, got {value!r}")
     if value != value or value < 0:
         raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    if value == float("inf"):
+        return None
     return float(value) or None
 
 
@@ -187,8 +192,7 @@ class _DirectionTimer:
         if remaining > 0.001:
             self._start(remaining)
             return
-        # We are in the hub: hand the event to the callback greenlet.
-        self._bev.base.run_deferred(self._bev._on_timeout, self.direction)
+        self._bev._on_timeout(self.direction)
 
 
 class BufferEvent:
@@ -254,6 +258,9 @@ class BufferEvent:
         self._dead = False
         # " to <address>" once a connect started, for error messages.
         self._target_desc = ""
+        # Timeouts so far, so a blocking call can tell one fired meanwhile.
+        self._read_timeouts = 0
+        self._write_timeouts = 0
         self._waiting: list = []  # gevent Waiters of blocking-style calls
         self.base._register(self)
 
@@ -345,10 +352,20 @@ class BufferEvent:
         """Run (or queue) the event callback with ``events``."""
         if self._eventcb is None or self._freed:
             return
+        if options & _OWN_GREENLET and not self._options & _DEFER:
+            # From the hub, for a bufferevent whose callbacks are not
+            # deferred: run it soon in a greenlet of its own, so neither the
+            # hub nor the base's callback greenlet waits for it.
+            gevent.spawn(self._deliver_event_later, events)
+            return
         if (self._options | options) & _DEFER:
             self._pending_events |= events
             self._queue_deferred()
         else:
+            self._call_user(self._eventcb, self, _as_event(events), self._cbarg)
+
+    def _deliver_event_later(self, events: int) -> None:
+        if self._eventcb is not None and not self._freed:
             self._call_user(self._eventcb, self, _as_event(events), self._cbarg)
 
     def _queue_deferred(self) -> None:
@@ -602,15 +619,20 @@ class BufferEvent:
                 timer.disarm()
 
     def _on_timeout(self, direction: int) -> None:
-        """A timeout expired (runs in the callback greenlet, not the hub)."""
+        """A timeout expired.  Runs in the hub: the state changes now (so
+        blocking callers see it even if the callback greenlet is busy) and
+        the event callback is always deferred, never run inside the hub."""
         if self._freed or not self._timer_wanted(direction):
             return
-        logger.debug(
-            "%r: %s timeout", self, "read" if direction == EV_READ else "write"
-        )
+        logger.debug("%r: %s timeout", self, "read" if direction == _READ else "write")
         self.disable(direction)
-        side = Event.READING if direction == EV_READ else Event.WRITING
-        self._report_event(side | Event.TIMEOUT)
+        if direction == _READ:
+            self._read_timeouts += 1
+            events = Event.READING | Event.TIMEOUT
+        else:
+            self._write_timeouts += 1
+            events = Event.WRITING | Event.TIMEOUT
+        self._report_event(events, options=_DEFER | _OWN_GREENLET)
 
     # -- events reported by kinds -------------------------------------------
 
@@ -630,8 +652,11 @@ class BufferEvent:
             timer.last_activity = time.monotonic()
         self._trigger_write()
 
-    def _report_event(self, events: int, error: Optional[BaseException] = None) -> None:
-        """Record an event for the blocking style and deliver it to eventcb.
+    def _report_event(
+        self, events: int, error: Optional[BaseException] = None, options: int = 0
+    ) -> None:
+        """Record an event for the blocking style and deliver it to eventcb
+        (``options`` may ask for deferral).
 
         EOF and ERROR on a direction disable that direction first, as in
         libevent.
@@ -655,7 +680,7 @@ class BufferEvent:
                 self.disable(direction)
         if error is not None:
             logger.debug("%r: event %#x: %s", self, events, error)
-        self._trigger_event(events)
+        self._trigger_event(events, options)
         if self._waiting:
             self._notify()
         self.base._poke()
@@ -800,10 +825,10 @@ class BufferEvent:
         """True when everything taken from output reached the transport."""
         return True
 
-    def _kind_io_greenlets(self) -> tuple:
-        """The greenlets that move this bufferevent's bytes (they must never
-        block waiting on it)."""
-        return ()
+    def _kind_io_greenlet(self, direction: int) -> Any:
+        """The greenlet that moves bytes in ``direction`` (it must never
+        block waiting for its own work), or None."""
+        return None
 
     def shutdown_write(self) -> None:
         """Tell the peer no more data will come, once output has drained.
@@ -831,9 +856,16 @@ class BufferEvent:
                 # that already left (timed out), so nothing goes stale.
                 run_callback(waiter.switch, None)
 
-    def _wait_change(self, deadline: Optional[float], what: str) -> None:
-        """Park until ``_notify``; TimeoutError once ``deadline`` passes."""
-        if getcurrent() in self._kind_io_greenlets():
+    def _wait_change(
+        self, deadline: Optional[float], what: str, direction: int = _READ
+    ) -> None:
+        """Park until ``_notify``; TimeoutError once ``deadline`` passes.
+
+        ``direction`` says which I/O greenlet would deliver what we wait for
+        (the reader for data, the writer for drained output and connects);
+        waiting inside that very greenlet could never end, so it is refused.
+        """
+        if getcurrent() is self._kind_io_greenlet(direction):
             # This greenlet is the one that would deliver what we wait for.
             raise BufferEventError(
                 f"cannot wait for {what} inside a callback that runs in this "
@@ -848,6 +880,7 @@ class BufferEvent:
                 raise TimeoutError(f"timed out waiting for {what}")
             timer = self.base.loop.timer(remaining)
             timer.start(waiter.switch, _TIMED_OUT)
+        timeouts_before = self._read_timeouts, self._write_timeouts
         self._waiting.append(waiter)
         try:
             result = waiter.get()
@@ -860,6 +893,12 @@ class BufferEvent:
                 pass  # _notify already took it
         if result is _TIMED_OUT:
             raise TimeoutError(f"timed out waiting for {what}")
+        # A timeout set with set_timeouts fired meanwhile: it disabled the
+        # direction, and it is an answer for the blocking caller too.
+        if direction == _READ and self._read_timeouts != timeouts_before[0]:
+            raise TimeoutError(f"read timeout while waiting for {what}")
+        if direction == _WRITE and self._write_timeouts != timeouts_before[1]:
+            raise TimeoutError(f"write timeout while waiting for {what}")
 
     def _raise_if_failed(self, what: str) -> None:
         if self._freed:
@@ -883,6 +922,10 @@ class BufferEvent:
             return None
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be seconds or None, got {timeout!r}")
+        if timeout != timeout:
+            raise ValueError("timeout must be a number of seconds, got nan")
+        if timeout == float("inf"):
+            return None
         if timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         return time.monotonic() + timeout
@@ -903,7 +946,7 @@ class BufferEvent:
                 raise BufferEventError(
                     "not connected and no connect in progress: call connect() first"
                 )
-            self._wait_change(deadline, "connect")
+            self._wait_change(deadline, "connect", _WRITE)
             self._check_alive()
 
     def read_some(self, max_bytes: int = -1, timeout: Optional[float] = None) -> bytes:
@@ -1073,7 +1116,7 @@ class BufferEvent:
             self.enable(EV_WRITE)
         while len(self.output) > self._write_low:
             self._raise_if_failed("write_all")
-            self._wait_change(deadline, "output to drain")
+            self._wait_change(deadline, "output to drain", _WRITE)
         self._raise_if_failed("write_all")
 
     def drain(self, timeout: Optional[float] = None) -> None:
@@ -1089,7 +1132,7 @@ class BufferEvent:
             self.enable(EV_WRITE)
         while len(self.output) or not self._kind_output_settled():
             self._raise_if_failed("drain")
-            self._wait_change(deadline, "output to drain")
+            self._wait_change(deadline, "output to drain", _WRITE)
         self._raise_if_failed("drain")
 
     def makefile(

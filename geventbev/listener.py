@@ -156,6 +156,7 @@ class Listener:
             raise BufferEventError("Listener has been freed")
 
     def _accept_loop(self) -> None:
+        short_of_resources = False
         while not self._freed:
             if not self._enabled:
                 self._wake.wait()
@@ -166,9 +167,12 @@ class Listener:
                 if self._freed:
                     return
                 if exc.errno in _RESOURCE_ERRORS:
-                    logger.warning(
-                        "accept failed (%s); pausing %.1fs", exc, _RESOURCE_PAUSE
+                    # One warning per shortage, not one per retry.
+                    log = logger.debug if short_of_resources else logger.warning
+                    log(
+                        "accept failed (%s); retrying every %.1fs", exc, _RESOURCE_PAUSE
                     )
+                    short_of_resources = True
                     gevent.sleep(_RESOURCE_PAUSE)
                     continue
                 if exc.errno in _TRANSIENT_ERRORS:
@@ -176,8 +180,15 @@ class Listener:
                 # Nobody to raise to: the listening socket itself broke.
                 logger.error("accept failed on %r, listener stops: %s", self, exc)
                 return
+            if short_of_resources:
+                logger.info("accepting again after a resource shortage")
+                short_of_resources = False
             try:
                 self._cb(self, conn, address, self._ctx)
             except Exception:
-                conn.close()
+                # The socket is not closed here: the callback may already
+                # have handed it to a bufferevent, which would then hold a
+                # closed (soon recycled) descriptor number.  Whoever holds
+                # it closes it; if nobody does, it closes when collected.
                 self.base.hub.handle_error(self, *sys.exc_info())
+            del conn

@@ -29,7 +29,9 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
+import weakref
 from typing import Any, Optional, Union
 
 import gevent
@@ -127,6 +129,7 @@ class SocketBufferEvent(BufferEvent):
         super().__init__(base, options)
         self._sock: Optional[socket.socket] = None
         self._user_sock: Any = None
+        self._owns_fd = False
         self._connecting = False
         self._shutdown_pending = False
         self._write_kick = False
@@ -150,8 +153,13 @@ class SocketBufferEvent(BufferEvent):
 
     # -- setup --------------------------------------------------------------
 
-    def _attach(self, sock: Union[socket.socket, int]) -> None:
-        """Wrap the file descriptor of ``sock`` in our own non-blocking socket."""
+    def _attach(self, sock: Union[socket.socket, int], owned: bool = False) -> None:
+        """Wrap the file descriptor of ``sock`` in our own non-blocking socket.
+
+        ``owned``: the socket was made by this bufferevent (``connect``), so
+        ``free()`` closes it whatever the options say; nobody else could.
+        """
+        self._owns_fd = owned
         if isinstance(sock, bool):
             raise TypeError("sock must be a socket, a file descriptor or None")
         if isinstance(sock, int):
@@ -175,6 +183,14 @@ class SocketBufferEvent(BufferEvent):
         if own.type != socket.SOCK_STREAM:
             own.detach()
             raise ValueError("sock must be a stream socket (SOCK_STREAM)")
+        # Put back on free when the caller keeps the socket.
+        self._was_blocking = os.get_blocking(fd)
+        if not owned and (self._user_sock is not None or not self._options & 1):
+            # The descriptor belongs to the caller (or to the caller's
+            # object): if this bufferevent is dropped without free(), our
+            # wrapper must let go of the number instead of closing it, or a
+            # later close of the caller's object could hit a recycled one.
+            weakref.finalize(self, _let_go, own)
         own.setblocking(False)
         if own.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -244,11 +260,8 @@ class SocketBufferEvent(BufferEvent):
                 sock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as exc:
                 raise BufferEventError(f"connect: cannot create socket: {exc}") from exc
-            self._attach(sock)
+            self._attach(sock.detach(), owned=True)
             created = True
-            # _attach wrapped the fd in a second object; keep ours only.
-            sock.detach()
-            self._user_sock = None
         assert self._sock is not None
         self._target_desc = f" to {address!r}"
         logger.debug("%r: connecting to %r", self, address)
@@ -265,7 +278,9 @@ class SocketBufferEvent(BufferEvent):
             # Reported like an asynchronous failure, and always deferred.
             self._dead = True
             self._enabled = 0
-            self.base.run_deferred(self._report_event, Event.ERROR, exc)
+            # The state changes now; the callback comes later, as libevent
+            # always defers this one.
+            self._report_event(Event.ERROR, exc, options=4)  # DEFER_CALLBACKS
             return
         if created:
             self._close_socket()
@@ -297,6 +312,10 @@ class SocketBufferEvent(BufferEvent):
             raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
+        if self._connected or self._connecting or self._lookup is not None:
+            raise BufferEventError(
+                "connect_hostname: already connected, connecting or resolving"
+            )
         self._suspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
         self._lookup = gevent.spawn(self._resolve_and_connect, host, port, family)
 
@@ -381,7 +400,11 @@ class SocketBufferEvent(BufferEvent):
                 logger.debug("%r: EOF", self)
                 self._report_event(Event.READING | Event.EOF)
                 return
-            inp._append_internal(data)
+            try:
+                inp._append_internal(data)
+            except Exception:
+                # A user's input.add_cb callback failed; the bytes are in.
+                self.base.hub.handle_error(self, *sys.exc_info())
             self._after_read(len(data))
             sends = self._sends
             self._bytes_read()
@@ -415,7 +438,11 @@ class SocketBufferEvent(BufferEvent):
             view.release()
         if sent:
             self._sends += 1
-            out._drain_internal(sent)
+            try:
+                out._drain_internal(sent)
+            except Exception:
+                # A user's output.add_cb callback failed; the bytes are out.
+                self.base.hub.handle_error(self, *sys.exc_info())
             timer = self._write_timer
             if timer is not None:
                 timer.last_activity = time.monotonic()
@@ -532,8 +559,8 @@ class SocketBufferEvent(BufferEvent):
     def _kind_output_settled(self) -> bool:
         return not len(self.output)
 
-    def _kind_io_greenlets(self) -> tuple:
-        return (self._reader, self._writer)
+    def _kind_io_greenlet(self, direction: int) -> Any:
+        return self._reader if direction == 2 else self._writer
 
     def _kind_busy(self) -> bool:
         return self._connecting or self._lookup is not None or self._shutdown_pending
@@ -554,7 +581,7 @@ class SocketBufferEvent(BufferEvent):
             watcher = getattr(self, name, None)
             if watcher is not None:
                 watcher.stop()
-        if self._options & 1:  # Option.CLOSE_ON_FREE
+        if self._options & 1 or self._owns_fd:  # Option.CLOSE_ON_FREE
             user_sock, self._user_sock = self._user_sock, None
             if user_sock is not None:
                 # Close through the caller's object so it never closes a
@@ -564,7 +591,16 @@ class SocketBufferEvent(BufferEvent):
             else:
                 sock.close()
         else:
+            try:
+                os.set_blocking(sock.fileno(), self._was_blocking)
+            except OSError:
+                pass  # the caller closed it already
             sock.detach()
+
+
+def _let_go(sock: socket.socket) -> None:
+    """Forget the descriptor without closing it (see _attach)."""
+    sock.detach()
 
 
 def socket_new(

@@ -405,7 +405,6 @@ def test_blocking_call_on_freed_bev_raises(bev_pair, call):
         call(bev)
 
 
-
 #: name -> (exception, message pattern, call)
 BAD_CALLS = {
     "read_some-neg": (ValueError, "max_bytes", lambda b: b.read_some(-2)),

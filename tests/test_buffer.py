@@ -704,6 +704,37 @@ def test_move_callbacks_run_source_first():
     assert bytes(dst) == b"xyabc"
 
 
+def test_move_runs_destination_callbacks_when_source_raises():
+    src, dst = single(b"abc"), Buffer()
+    rec = Recorder()
+    dst.add_cb(rec)
+
+    def broken(b: Buffer, info: BufferCbInfo, ctx: Any) -> None:
+        raise RuntimeError("source callback")
+
+    src.add_cb(broken)
+    with pytest.raises(RuntimeError, match="source callback"):
+        dst.add_buffer(src)
+    assert rec.take() == [(0, 3, 0)]
+    assert bytes(dst) == b"abc" and len(src) == 0
+
+
+def test_private_watcher_sees_every_change_after_callbacks():
+    """The bufferevent core's watcher: fn(n_added, n_deleted), run last."""
+    buf, other = Buffer(), Buffer()
+    seen: list[Any] = []
+    buf._watcher = lambda added, deleted: seen.append(("watcher", added, deleted))
+    buf.add(b"hello")
+    buf.add(b"")
+    buf.drain(2)
+    assert buf.remove_buffer(other, 2) == 2
+    assert seen == [("watcher", 5, 0), ("watcher", 0, 2), ("watcher", 0, 2)]
+    seen.clear()
+    buf.add_cb(lambda b, info, ctx: seen.append(("cb", info.n_added)))
+    buf.add_buffer(other)
+    assert seen == [("cb", 2), ("watcher", 2, 0)]
+
+
 # -- moving between buffers ------------------------------------------------
 
 

@@ -799,6 +799,7 @@ def test_write_never_runs_a_callback_inline(bev_pair, run_until, record):
 
 # -- bad arguments --------------------------------------------------------------------
 
+
 def case(name: str, exc: type, match: str, call: Any, bug: str = "") -> Any:
     """One bad call: ``call(bev)`` must raise ``exc`` matching ``match``;
     ``bug`` marks a known library bug (strict xfail)."""

@@ -167,8 +167,18 @@ def start_relay(tmp_path: Path) -> Iterator[RelayStarter]:
         stderr_path = tmp_path / f"relay{len(started)}.log"
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "geventbev", *global_args, "relay",
-                 "--listen", listen, "--connect", connect, *args],
+                [
+                    sys.executable,
+                    "-m",
+                    "geventbev",
+                    *global_args,
+                    "relay",
+                    "--listen",
+                    listen,
+                    "--connect",
+                    connect,
+                    *args,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
@@ -302,13 +312,21 @@ def http_server(tmp_path: Path) -> Iterator[tuple]:
         for i in range(50):
             # Rotate the block so no two MiB are equal: a dropped or
             # repeated MiB changes the hash.
-            piece = block[i * 997:] + block[: i * 997]
+            piece = block[i * 997 :] + block[: i * 997]
             out.write(piece)
             digest.update(piece)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(root)],
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(root),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

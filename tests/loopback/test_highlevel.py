@@ -181,8 +181,12 @@ def test_connect_times_out_on_a_full_backlog() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"ssl": object()}, {"server_hostname": "x.test"}, {"rate_limit": object()},
-     {"group": object()}],
+    [
+        {"ssl": object()},
+        {"server_hostname": "x.test"},
+        {"rate_limit": object()},
+        {"group": object()},
+    ],
     ids=["ssl", "server_hostname", "rate_limit", "group"],
 )
 def test_connect_refuses_features_not_available_yet(kwargs: dict) -> None:
@@ -623,6 +627,7 @@ def test_legacy_socket_code_runs_unchanged(start_server, server_kind: str) -> No
     """The same legacy client gives the same answers over a gevent socket
     and over BufferEventSocket."""
     if server_kind == "echo bev":
+
         def handler(bev: BufferEvent) -> None:
             while True:
                 line = bev.read_line(EOL.LF, timeout=5)
@@ -632,6 +637,7 @@ def test_legacy_socket_code_runs_unchanged(start_server, server_kind: str) -> No
                 if line == b"QUIT":
                     return
     else:
+
         def handler(bev: BufferEvent) -> None:
             with BufferEventSocket(bev) as sock:
                 sock.settimeout(5)

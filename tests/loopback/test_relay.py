@@ -110,7 +110,8 @@ def test_http_download_of_50_mib_through_relay_keeps_sha256(
         target = tmp_path / "curl.bin"
         subprocess.run(
             [curl, "-sS", "--max-time", "60", "-o", str(target), url],
-            check=True, timeout=90,
+            check=True,
+            timeout=90,
         )
         with open(target, "rb") as got:
             count, digest = sha256_of_stream(got.read, 1 << 20)
