@@ -15,8 +15,8 @@ VERSION = re.search(
 setup(
     name="geventbev",
     version=VERSION,
-    description="libevent's bufferevents for gevent: buffered connections, pairs, "
-    "filters, rate limits and TLS, with callback and blocking styles",
+    description="libevent's bufferevents for gevent: buffered socket connections "
+    "with callbacks, watermarks and timeouts, a blocking style, and a TCP relay",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["geventbev", "geventbev.*"]),

@@ -198,8 +198,9 @@ class _DirectionTimer:
 class BufferEvent:
     """Buffered, callback-driven connection state shared by every kind.
 
-    Do not instantiate this class directly: use ``socket_new``,
-    ``pair_new``, ``filter_new`` or the TLS constructors.
+    Do not instantiate this class directly: use ``socket_new`` (or
+    ``connect``/``serve``).  Pairs, filters and TLS will be further kinds
+    of it; this version has socket bufferevents only.
 
     Attributes:
         input: the Buffer of received bytes; the user removes from it.
