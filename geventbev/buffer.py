@@ -1228,6 +1228,26 @@ class Buffer:
 
     # -- callbacks ---------------------------------------------------------
 
+    def free(self) -> None:
+        """Drop the contents and callbacks; every later use raises.
+
+        After ``free()`` any operation on the buffer (including ``len``)
+        raises BufferEventError, as API.md asks of a freed buffer.  Freeing
+        twice is harmless.  A bufferevent's own buffers are not freed with
+        it (they stay readable after ``bufferevent.free()``).
+        """
+        self._chunks.clear()
+        self._off = self._len = 0
+        self._cbs = []
+        self._watcher = None
+        self._reserved = None
+        self.__class__ = _FreedBuffer
+
+    @property
+    def freed(self) -> bool:
+        """True once ``free()`` was called."""
+        return False
+
     def _notify(self, orig: int, added: int, deleted: int) -> None:
         """Run every callback for one change; re-raise the first failure."""
         if not self._cbs:
@@ -1258,3 +1278,27 @@ class Buffer:
             watcher(added, deleted)
         if error is not None:
             raise error
+
+
+class _FreedBuffer(Buffer):
+    """What a Buffer becomes after ``free()``: every attribute but a few
+    raises BufferEventError.  Swapping the class keeps the cost of the
+    check off every live buffer's operations."""
+
+    __slots__ = ()
+    _ALLOWED = frozenset({"__class__", "free", "freed", "__repr__"})
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _FreedBuffer._ALLOWED:
+            return object.__getattribute__(self, name)
+        raise BufferEventError(f"Buffer has been freed (tried {name!r})")
+
+    def free(self) -> None:
+        """Already freed: nothing to do."""
+
+    @property
+    def freed(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "<Buffer freed>"

@@ -321,8 +321,8 @@ def evbuffer_new() -> Optional[Buffer]:
 
 @_c_function(None)
 def evbuffer_free(buf: Buffer) -> None:
-    """Release ``buf`` (a no-op: it lives while referenced); returns None."""
-    _buf(buf)
+    """Release ``buf``: later calls on it fail (-1 / None); returns None."""
+    _buf(buf).free()
 
 
 @_c_function(-1)

@@ -1262,3 +1262,33 @@ BufferMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestBufferModel = BufferMachine.TestCase
+
+
+# -- free --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        len,
+        bytes,
+        lambda b: b.add(b"x"),
+        lambda b: b.drain(1),
+        lambda b: b.remove(1),
+        lambda b: b.readln(),
+        lambda b: b.search(b"a"),
+        lambda b: b.add_cb(lambda *a: None),
+    ],
+)
+def test_every_use_of_a_freed_buffer_raises(use):
+    buf = Buffer()
+    buf.add(b"abc\n")
+    buf.free()
+    assert buf.freed
+    with pytest.raises(BufferEventError, match="freed"):
+        use(buf)
+    buf.free()  # twice is harmless
+
+
+def test_a_live_buffer_is_not_freed():
+    assert Buffer().freed is False
