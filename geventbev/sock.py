@@ -53,6 +53,24 @@ _RECV_CAP = 1 << 20
 
 _CONNECT_IN_PROGRESS = {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
 
+# Fairness.  libevent reads at most max_single_read per bufferevent per
+# loop iteration, so busy connections take turns.  The plain port of that
+# is a yield to the hub after every full read or write; but when no other
+# greenlet is ready, that yield only buys a poll for new I/O, and it costs
+# about as much as the read itself.  So a reader or writer gives way after
+# each full read/write when the hub has anything else ready to run, and in
+# any case after _READS_PER_TURN of them, which bounds how long unpolled
+# I/O can wait (four 64 KiB reads: well under a millisecond).
+_READS_PER_TURN = 4
+
+
+def _others_ready(loop: Any) -> bool:
+    """True when the hub has other watchers or callbacks ready to run."""
+    try:
+        return bool(loop.pendingcnt or len(loop._callbacks))
+    except AttributeError:  # a loop without these counters: always yield
+        return True
+
 
 class _Wakeup:
     """A one-greenlet parking slot that is cheap to signal.
@@ -371,15 +389,19 @@ class SocketBufferEvent(BufferEvent):
         wake = self._read_wake
         inp = self.input
         sleep = gevent.sleep
+        loop = hub.loop
         # After a short read the kernel buffer is almost surely empty: wait
         # for readability first instead of paying for an EAGAIN exception.
         drained = False
+        turn_reads = 0  # full reads since this greenlet last gave way
         while not self._freed:
             if not (self._connected and self._reading_wanted()):
+                turn_reads = 0
                 wake.wait()
                 continue
             if drained:
                 drained = False
+                turn_reads = 0
                 hub.wait(self._read_watcher)
                 continue
             budget = self._read_budget()
@@ -414,9 +436,14 @@ class SocketBufferEvent(BufferEvent):
                 # trip through the hub).
                 drained = sends == self._sends
             elif not self._freed:
-                # More is probably waiting; let other greenlets have a turn
-                # first (max single read applies per turn).
-                sleep(0)
+                # More is probably waiting.  Let other greenlets have a turn
+                # first if any is ready; with nobody else ready, a yield
+                # would only buy a poll for new I/O, so do that every few
+                # reads rather than after each (see _READS_PER_TURN).
+                turn_reads += 1
+                if turn_reads >= _READS_PER_TURN or _others_ready(loop):
+                    turn_reads = 0
+                    sleep(0)
 
     def _after_read(self, nbytes: int) -> None:
         """Hook for rate limiting: ``nbytes`` were just read."""
@@ -452,9 +479,11 @@ class SocketBufferEvent(BufferEvent):
         if self._connecting and not self._finish_connect():
             return
         hub = self.base.hub
+        loop = hub.loop
         wake = self._write_wake
         out = self.output
         sleep = gevent.sleep
+        turn_writes = 0  # full writes since this greenlet last gave way
         while not self._freed:
             if not (self._connected and self._writing_wanted()) or not len(out):
                 if self._write_kick and self._connected:
@@ -491,9 +520,13 @@ class SocketBufferEvent(BufferEvent):
                 return
             if sent < wanted:
                 # The kernel buffer is full: wait instead of hitting EAGAIN.
+                turn_writes = 0
                 hub.wait(self._write_watcher)
             elif len(out):
-                sleep(0)
+                turn_writes += 1
+                if turn_writes >= _READS_PER_TURN or _others_ready(loop):
+                    turn_writes = 0
+                    sleep(0)
 
     def _do_shutdown_write(self) -> None:
         try:
