@@ -47,6 +47,7 @@ class EventBase:
         self._deferred: collections.deque = collections.deque()
         self._runner: Any = None
         self._runner_parked = False
+        self._dispatch_waits_on_deferred = False
         # Weak: an object nobody references any more has no work to wait for.
         self._active: weakref.WeakSet = weakref.WeakSet()
         self._got_exit = False
@@ -87,7 +88,8 @@ class EventBase:
         while True:
             if not queue:
                 self._runner_parked = True
-                self._poke()
+                if self._dispatch_waits_on_deferred:
+                    self._poke()
                 self.hub.switch()
                 continue
             # Only what was queued before this pass started runs now.
@@ -117,12 +119,15 @@ class EventBase:
             self._dispatch_wakeup.set()
 
     def _has_work(self) -> bool:
-        if self._deferred or self._exit_timers:
+        self._dispatch_waits_on_deferred = False
+        if self._exit_timers or any(obj._has_pending_work() for obj in self._active):
             return True
-        return any(obj._has_pending_work() for obj in self._active)
-
-    def _maybe_wake_dispatch(self) -> None:
-        self._poke()
+        if self._deferred:
+            # Only queued callbacks keep dispatch waiting: the callback
+            # greenlet pokes it once the queue runs dry.
+            self._dispatch_waits_on_deferred = True
+            return True
+        return False
 
     def dispatch(self) -> int:
         """Block the calling greenlet until the base has nothing left to do.

@@ -8,7 +8,8 @@ callbacks, and the rules that decide when those callbacks run.  Kinds
 (socket, pair, filter, TLS) only move bytes: they implement a handful of
 hooks (``_kind_start``, ``_kind_stop``, ``_kind_output_grew``,
 ``_kind_flush``, ``_kind_free``) and report what happened through
-``_bytes_read``, ``_bytes_written`` and ``_report_event``.  Everything else
+``_bytes_read`` and ``_report_event`` (and drain their output, which the
+output watcher notices).  Everything else
 lives here once: watermarks, enable/disable, suspension, timeouts, deferred
 callbacks and the blocking-style methods.
 
@@ -24,10 +25,11 @@ bufferevent was created with DEFER_CALLBACKS or the trigger asked for
 deferral; then it is queued on the EventBase and the queued callbacks run
 in libevent's order: CONNECTED first, then read, then write, then all other
 events OR-ed into one call.  Callbacks that come from the hub itself (a
-timeout) always go through the EventBase's callback greenlet, so user code
-never runs inside the hub.  A callback that runs in a socket's reader or
-writer greenlet must not wait for that same bufferevent (it would wait for
-itself): the blocking-style methods refuse with BufferEventError there.
+timeout) never run inside the hub: with DEFER_CALLBACKS they go through the
+EventBase's callback greenlet, otherwise each gets a greenlet of its own.
+A callback that runs in a socket's reader (writer) greenlet must not wait
+for input (output) of that same bufferevent: it would wait for itself, so
+the blocking-style methods refuse with BufferEventError there.
 ``write()`` never runs a callback, so callbacks cannot nest inside each
 other through writes.
 
@@ -378,7 +380,7 @@ class BufferEvent:
         """Deliver queued callbacks in libevent's order."""
         self._deferred_queued = False
         events, self._pending_events = self._pending_events, 0
-        if events & Event.CONNECTED:
+        if events & _CONNECTED:
             events &= ~_CONNECTED
             if self._eventcb is not None and not self._freed:
                 self._call_user(self._eventcb, self, Event.CONNECTED, self._cbarg)
@@ -456,7 +458,7 @@ class BufferEvent:
         self._enabled &= ~int(what)
         self._kind_stop(what)
         self._update_timers()
-        self.base._poke()
+        self._maybe_idle()
 
     def get_enabled(self) -> int:
         """The directions the user enabled (suspension does not show here)."""
@@ -495,6 +497,12 @@ class BufferEvent:
         return bool(self._enabled & _WRITE) and (
             len(self.output) > 0 or self._kind_busy()
         )
+
+    def _maybe_idle(self) -> None:
+        """Let a running ``dispatch`` re-check once this has no work left
+        (a poke per state change would cost a scan per message)."""
+        if self.base._dispatch_wakeup is not None and not self._has_pending_work():
+            self.base._poke()
 
     def _kind_busy(self) -> bool:
         """True while the kind has work of its own (connecting, lookup)."""
@@ -564,12 +572,18 @@ class BufferEvent:
                 timer.arm(restart=True)
             self._kind_output_grew()
         if n_deleted:
-            if not len(self.output):
-                if self._write_timer is not None:
-                    self._write_timer.disarm()
-                self.base._poke()
+            # Only the transport drains output (its front is frozen to the
+            # user), so this is write progress.
+            timer = self._write_timer
+            if timer is not None:
+                if len(self.output):
+                    timer.last_activity = time.monotonic()
+                else:
+                    timer.disarm()
             if self._waiting:
                 self._notify()
+            if not len(self.output):
+                self._maybe_idle()
 
     def _read_budget(self) -> int:
         """How many bytes one read may take now (max single read, read-high)."""
@@ -638,20 +652,16 @@ class BufferEvent:
     # -- events reported by kinds -------------------------------------------
 
     def _bytes_read(self) -> None:
-        """A kind appended to input: restart the timer, run callbacks, wake."""
+        """A kind appended to input: restart the timer, check the read high
+        watermark, run callbacks, wake blocking readers."""
         timer = self._read_timer
         if timer is not None:
             timer.last_activity = time.monotonic()
+        if self._read_high and len(self.input) >= self._read_high:
+            self._check_read_high()
         self._trigger_read()
         if self._waiting:
             self._notify()
-
-    def _bytes_written(self) -> None:
-        """A kind drained output to its transport."""
-        timer = self._write_timer
-        if timer is not None:
-            timer.last_activity = time.monotonic()
-        self._trigger_write()
 
     def _report_event(
         self, events: int, error: Optional[BaseException] = None, options: int = 0
@@ -684,7 +694,7 @@ class BufferEvent:
         self._trigger_event(events, options)
         if self._waiting:
             self._notify()
-        self.base._poke()
+        self._maybe_idle()
 
     def get_error(self) -> Optional[BaseException]:
         """The exception behind the last ERROR event, or None.
@@ -773,6 +783,12 @@ class BufferEvent:
     def get_options(self) -> Option:
         """The options this bufferevent was created with."""
         return Option(self._options)
+
+    @property
+    def connected(self) -> bool:
+        """True once the transport is connected (CONNECTED was reported,
+        or the bufferevent was made on a connected socket)."""
+        return self._connected
 
     @property
     def freed(self) -> bool:
@@ -970,8 +986,6 @@ class BufferEvent:
         deadline = self._deadline(timeout)
         self._ensure_reading()
         while not len(self.input):
-            if self._eof and not self._error_events:
-                return b""
             self._raise_if_failed("read")
             if self._eof:
                 return b""

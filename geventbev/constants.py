@@ -117,10 +117,11 @@ LIBEVENT_MAX_SINGLE_DEFAULT = 16384
 #: The default cap on one read from the transport (and so on the bytes one
 #: read callback sees), in bytes.  libevent uses 16 KiB, tuned for C, where
 #: a read costs little more than its system call.  Here every read also
-#: costs a pass through the reader greenlet, the callbacks and a yield to
-#: the hub: measured on loopback, 16 KiB reads spend 1.8x the CPU per byte
-#: of 64 KiB reads (bench/bench_socket.py), so geventbev uses 64 KiB, as
-#: Twisted does.  ``set_max_single_read(16384)`` restores libevent's value.
+#: costs a pass through the reader greenlet and the callbacks: measured on
+#: loopback (bench/bench_socket.py, callback rows, both processes on one
+#: CPU), 16 KiB reads and writes spent 1.8x the CPU per byte of 64 KiB ones,
+#: so geventbev uses 64 KiB, as Twisted does.  ``set_max_single_read(16384)``
+#: restores libevent's value.
 MAX_SINGLE_READ_DEFAULT = 65536
 #: The default cap on one write to the transport, in bytes (see above).
 MAX_SINGLE_WRITE_DEFAULT = 65536

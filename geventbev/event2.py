@@ -34,8 +34,6 @@ Conventions
 
 Departures, where the Python objects cannot do what C does:
 
-* ``evbuffer_free`` releases nothing: a Buffer lives while it is referenced
-  and has no freed state.
 * ``evbuffer_reserve_space(buf, size)`` returns one writable memoryview (or
   None) instead of filling an iovec array, and ``evbuffer_commit_space(buf,
   n)`` takes the number of bytes written into it.

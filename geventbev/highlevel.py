@@ -23,7 +23,7 @@ from .bufferevent import BufferEvent
 from .constants import EV_READ, EV_WRITE, Option
 from .errors import BufferEventError, UnsupportedOperation
 from .listener import Listener
-from .sock import socket_new
+from .sock import _is_ip_literal, socket_new
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ def _not_yet(feature: str, value: Any) -> None:
     # TLS and rate limits are built on later; refuse clearly meanwhile.
     if value is not None:
         raise UnsupportedOperation(f"{feature} is not supported by this version")
-
-
-def _is_ip_literal(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-            return True
-        except (OSError, TypeError):
-            continue
-    return False
 
 
 def connect(
@@ -254,7 +244,7 @@ class BufferEventSocket:
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                 raise TypeError(f"timeout must be seconds or None, got {timeout!r}")
-            if timeout < 0:
+            if not timeout >= 0:  # also refuses nan
                 raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
             timeout = float(timeout)
         self._timeout = timeout

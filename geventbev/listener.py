@@ -43,7 +43,9 @@ class Listener:
     greenlet for each connection; ``sock`` is a connected gevent socket the
     callback now owns (typically it calls ``socket_new(sock,
     Option.CLOSE_ON_FREE)``).  An exception in ``cb`` is reported through
-    the hub's error handler, closes that one socket, and accepting goes on.
+    the hub's error handler and accepting goes on; the socket is left to
+    whoever holds it (the callback may have handed it on already), and is
+    closed when nothing references it any more.
 
     Args:
         cb: the accept callback.
@@ -89,6 +91,7 @@ class Listener:
         self._sock = sock
         self._enabled = True
         self._freed = False
+        self._dead = False  # the accept loop ended on a fatal error
         self._wake = _Wakeup(self.base.hub)
         self._acceptor = gevent.spawn(self._accept_loop)
         self.base._register(self)
@@ -110,7 +113,7 @@ class Listener:
         return self._freed
 
     def _has_pending_work(self) -> bool:
-        return self._enabled and not self._freed
+        return self._enabled and not self._freed and not self._dead
 
     def getsockname(self) -> Any:
         """The bound address (with the real port when 0 was asked for)."""
@@ -179,6 +182,8 @@ class Listener:
                     continue
                 # Nobody to raise to: the listening socket itself broke.
                 logger.error("accept failed on %r, listener stops: %s", self, exc)
+                self._dead = True
+                self.base._poke()
                 return
             if short_of_resources:
                 logger.info("accepting again after a resource shortage")

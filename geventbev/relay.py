@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import time
 from typing import Any, Callable, Optional
 
@@ -32,7 +31,7 @@ from .bufferevent import BufferEvent
 from .constants import EV_READ, EV_WRITE, Event, Option
 from .errors import BufferEventError
 from .listener import Listener
-from .sock import socket_new
+from .sock import _is_ip_literal, socket_new
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +118,10 @@ class RelayConnection:
             self._connect_timer.start(self._connect_timed_out)
         host, port = relay.target
         try:
-            try:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                socket.inet_pton(family, host)
-            except OSError:
-                self.backend.connect_hostname(host, port)
-            else:
+            if _is_ip_literal(host):
                 self.backend.connect((host, port))
+            else:
+                self.backend.connect_hostname(host, port)
         except (BufferEventError, ValueError, TypeError) as exc:
             # Reported by the accept path once the connection is tracked.
             self.reason = f"backend connect failed: {exc}"
@@ -197,7 +193,7 @@ class RelayConnection:
             return
         # ERROR: pass on what we already have, then end the connection.
         error = bev.get_error()
-        if bev is self.backend and not bev._connected:
+        if bev is self.backend and not bev.connected:
             self.close(f"backend connect failed: {error}")
             return
         if len(bev.input):

@@ -11,8 +11,9 @@ says EAGAIN.  Each greenlet has three places it can park:
   (disabled, suspended by a watermark, nothing to send, not connected);
 * the socket's io watcher, while the kernel has nothing for it;
 * a zero-second yield after a read or write that used its whole budget,
-  so a connection that always has data cannot starve other greenlets
-  (max single read and write apply per turn of the loop).
+  when anything else is ready to run, and at least every few of them, so
+  a connection that always has data cannot starve other greenlets (see
+  _READS_PER_TURN).
 
 The writer also finishes connects: after a non-blocking ``connect`` it
 waits for writability, reads SO_ERROR and reports CONNECTED or ERROR.  The
@@ -30,7 +31,6 @@ import logging
 import os
 import socket
 import sys
-import time
 import weakref
 from typing import Any, Optional, Union
 
@@ -39,8 +39,8 @@ import gevent.socket
 from gevent import getcurrent
 
 from .base import EventBase
-from .bufferevent import SUSPEND_LOOKUP, BufferEvent
-from .constants import EV_READ, EV_WRITE, Event, FlushMode
+from .bufferevent import _DEFER, _READ, _WRITE, SUSPEND_LOOKUP, BufferEvent
+from .constants import EV_READ, EV_WRITE, Event, FlushMode, Option
 from .errors import BufferEventError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ __all__ = ["SocketBufferEvent", "socket_new"]
 # Python's recv allocates its whole size up front.
 _RECV_CAP = 1 << 20
 
+_CLOSE_ON_FREE = int(Option.CLOSE_ON_FREE)
 _CONNECT_IN_PROGRESS = {0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN}
 
 # Fairness.  libevent reads at most max_single_read per bufferevent per
@@ -109,6 +110,17 @@ class _Wakeup:
         waiter = self._waiter
         if waiter is not None and self._flag:
             waiter.switch()
+
+
+def _is_ip_literal(host: Any) -> bool:
+    """True for a numeric IPv4 or IPv6 address (no resolver needed)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except (OSError, TypeError, ValueError):
+            continue
+    return False
 
 
 def _family_for(address: Any) -> int:
@@ -203,7 +215,9 @@ class SocketBufferEvent(BufferEvent):
             raise ValueError("sock must be a stream socket (SOCK_STREAM)")
         # Put back on free when the caller keeps the socket.
         self._was_blocking = os.get_blocking(fd)
-        if not owned and (self._user_sock is not None or not self._options & 1):
+        if not owned and (
+            self._user_sock is not None or not self._options & _CLOSE_ON_FREE
+        ):
             # The descriptor belongs to the caller (or to the caller's
             # object): if this bufferevent is dropped without free(), our
             # wrapper must let go of the number instead of closing it, or a
@@ -265,6 +279,13 @@ class SocketBufferEvent(BufferEvent):
         self._check_alive()
         family = _family_for(address)
         if family != socket.AF_UNIX:
+            if not _is_ip_literal(address[0]):
+                # The stdlib would resolve it inside the hub, stalling
+                # every greenlet meanwhile.
+                raise ValueError(
+                    f"address host must be a numeric IP address, got "
+                    f"{address[0]!r}: use connect_hostname() for host names"
+                )
             port = address[1]
             if isinstance(port, bool) or not isinstance(port, int):
                 raise TypeError(f"port must be an int, got {port!r}")
@@ -293,12 +314,9 @@ class SocketBufferEvent(BufferEvent):
             return
         exc = OSError(err, os.strerror(err))
         if err == errno.ECONNREFUSED:
-            # Reported like an asynchronous failure, and always deferred.
-            self._dead = True
-            self._enabled = 0
-            # The state changes now; the callback comes later, as libevent
-            # always defers this one.
-            self._report_event(Event.ERROR, exc, options=4)  # DEFER_CALLBACKS
+            # Reported like an asynchronous failure; the state changes now
+            # and the callback comes later, as libevent always defers it.
+            self._connect_failed(exc, defer=True)
             return
         if created:
             self._close_socket()
@@ -330,6 +348,10 @@ class SocketBufferEvent(BufferEvent):
             raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a non-empty str, got {host!r}")
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            raise ValueError(f"host {host!r} is not a valid host name: {exc}") from None
         if self._connected or self._connecting or self._lookup is not None:
             raise BufferEventError(
                 "connect_hostname: already connected, connecting or resolving"
@@ -340,26 +362,30 @@ class SocketBufferEvent(BufferEvent):
     def _resolve_and_connect(self, host: str, port: int, family: int) -> None:
         try:
             infos = gevent.socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except Exception as exc:  # gaierror, or e.g. UnicodeError for a bad name
             self._lookup = None
-            if self._freed:
-                return
-            self._dns_error = exc.errno or -1
-            self._dead = True
-            self._unsuspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
-            self._report_event(Event.ERROR, exc)
+            if not self._freed:
+                code = exc.errno if isinstance(exc, socket.gaierror) else None
+                self._dns_error = code or socket.EAI_FAIL
+                self._unsuspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
+                self._connect_failed(exc)
             return
         self._lookup = None
         if self._freed:
             return
         self._dns_error = 0
         self._unsuspend(EV_READ | EV_WRITE, SUSPEND_LOOKUP)
-        address = infos[0][4]
         try:
-            self.connect(address)
+            self.connect(infos[0][4])
         except BufferEventError as exc:
-            self._dead = True
-            self._report_event(Event.ERROR, exc.__cause__ or exc)
+            self._connect_failed(exc.__cause__ or exc)
+
+    def _connect_failed(self, exc: BaseException, defer: bool = False) -> None:
+        """The connection will never be: say so once (ERROR, no direction)."""
+        logger.debug("%r: connect failed: %s", self, exc)
+        self._connecting = False
+        self._dead = True
+        self._report_event(Event.ERROR, exc, options=_DEFER if defer else 0)
 
     def _finish_connect(self) -> bool:
         """In the writer: wait for the connect to complete; True if it did."""
@@ -369,17 +395,15 @@ class SocketBufferEvent(BufferEvent):
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self._connecting = False
         if err:
-            exc = OSError(err, os.strerror(err))
-            logger.debug("%r: connect failed: %s", self, exc)
-            self._dead = True
-            self._report_event(Event.ERROR, exc)
+            self._connect_failed(OSError(err, os.strerror(err)))
             return False
         logger.debug("%r: connected", self)
         # CONNECTED never comes with a write callback unless bytes were
         # written in the same turn (libevent's rule).
         self._write_kick = False
-        self._report_event(Event.CONNECTED)
+        # Wake the reader first: a CONNECTED callback may block for data.
         self._read_wake.set()
+        self._report_event(Event.CONNECTED)
         return True
 
     # -- the two greenlets --------------------------------------------------
@@ -427,7 +451,6 @@ class SocketBufferEvent(BufferEvent):
             except Exception:
                 # A user's input.add_cb callback failed; the bytes are in.
                 self.base.hub.handle_error(self, *sys.exc_info())
-            self._after_read(len(data))
             sends = self._sends
             self._bytes_read()
             if len(data) < budget:
@@ -444,11 +467,6 @@ class SocketBufferEvent(BufferEvent):
                 if turn_reads >= _READS_PER_TURN or _others_ready(loop):
                     turn_reads = 0
                     sleep(0)
-
-    def _after_read(self, nbytes: int) -> None:
-        """Hook for rate limiting: ``nbytes`` were just read."""
-        if self._read_high and len(self.input) >= self._read_high:
-            self._check_read_high()
 
     def _send_front(self) -> int:
         """One send() from the front of output; returns bytes sent.
@@ -470,9 +488,6 @@ class SocketBufferEvent(BufferEvent):
             except Exception:
                 # A user's output.add_cb callback failed; the bytes are out.
                 self.base.hub.handle_error(self, *sys.exc_info())
-            timer = self._write_timer
-            if timer is not None:
-                timer.last_activity = time.monotonic()
         return sent
 
     def _writer_loop(self) -> None:
@@ -537,13 +552,14 @@ class SocketBufferEvent(BufferEvent):
             logger.debug("%r: write side shut down", self)
         if self._waiting:
             self._notify()
+        self._maybe_idle()
 
     # -- hooks --------------------------------------------------------------
 
     def _kind_start(self, what: int) -> None:
-        if what & 2:  # EV_READ
+        if what & _READ:
             self._read_wake.set()
-        if what & 4:  # EV_WRITE
+        if what & _WRITE:
             self._write_kick = True
             self._write_wake.set()
 
@@ -593,7 +609,7 @@ class SocketBufferEvent(BufferEvent):
         return not len(self.output)
 
     def _kind_io_greenlet(self, direction: int) -> Any:
-        return self._reader if direction == 2 else self._writer
+        return self._reader if direction == _READ else self._writer
 
     def _kind_busy(self) -> bool:
         return self._connecting or self._lookup is not None or self._shutdown_pending
@@ -614,7 +630,7 @@ class SocketBufferEvent(BufferEvent):
             watcher = getattr(self, name, None)
             if watcher is not None:
                 watcher.stop()
-        if self._options & 1 or self._owns_fd:  # Option.CLOSE_ON_FREE
+        if self._options & _CLOSE_ON_FREE or self._owns_fd:
             user_sock, self._user_sock = self._user_sock, None
             if user_sock is not None:
                 # Close through the caller's object so it never closes a
