@@ -1007,29 +1007,17 @@ class BufferEvent:
         _check_size(n, "n")
         deadline = self._deadline(timeout)
         self._ensure_reading()
-        # With a read high watermark below n the input can never hold n
-        # bytes; collect pieces here and put them back if we give up.
-        collected: list = []
-        have = 0
-        try:
-            while have + len(self.input) < n:
+        with _Collected(self) as collected:
+            while collected.size + len(self.input) < n:
                 if self._eof:
-                    partial = b"".join(collected) + self.input.remove(len(self.input))
-                    collected = []
-                    raise IncompleteReadError(partial, n)
+                    rest = self.input.remove(len(self.input))
+                    raise IncompleteReadError(collected.join(rest), n)
                 self._raise_if_failed("read_exactly")
-                if self._read_high and len(self.input) >= self._read_high:
-                    piece = self.input.remove(len(self.input))
-                    collected.append(piece)
-                    have += len(piece)
+                if collected.take_if_full():
                     continue
                 self._ensure_reading()
                 self._wait_change(deadline, f"{n} bytes")
-            return b"".join(collected) + self.input.remove(n - have)
-        except BaseException:
-            if collected and not self._freed:
-                self.input._prepend_internal(b"".join(collected))
-            raise
+            return collected.join(self.input.remove(n - collected.size))
 
     def read_line(
         self,
@@ -1091,30 +1079,18 @@ class BufferEvent:
             _check_size(limit, "limit")
         deadline = self._deadline(timeout)
         self._ensure_reading()
-        collected: list = []
-        have = 0
-        try:
+        with _Collected(self) as collected:
             while not self._eof:
-                if limit is not None and have + len(self.input) > limit:
+                if limit is not None and collected.size + len(self.input) > limit:
                     raise BufferEventError(f"more than limit={limit} bytes before EOF")
                 self._raise_if_failed("read_until_eof")
-                if len(self.input) and (
-                    self._read_high and len(self.input) >= self._read_high
-                ):
-                    piece = self.input.remove(len(self.input))
-                    collected.append(piece)
-                    have += len(piece)
+                if collected.take_if_full():
                     continue
                 self._ensure_reading()
                 self._wait_change(deadline, "EOF")
-            if limit is not None and have + len(self.input) > limit:
+            if limit is not None and collected.size + len(self.input) > limit:
                 raise BufferEventError(f"more than limit={limit} bytes before EOF")
-            return b"".join(collected) + self.input.remove(len(self.input))
-        except BaseException:
-            if collected and not self._freed:
-                self.input._prepend_internal(b"".join(collected))
-                collected = []
-            raise
+            return collected.join(self.input.remove(len(self.input)))
 
     def write_all(self, data: bytes, timeout: Optional[float] = None) -> None:
         """Queue ``data``, then block until output is at or below write-low.
@@ -1186,6 +1162,49 @@ class BufferEvent:
         return io.TextIOWrapper(
             buffered, encoding="utf-8", line_buffering=buffering == 1
         )
+
+
+class _Collected:
+    """Bytes a blocking read took out of a full input so more could arrive.
+
+    With a read high watermark below what a read needs, the input can never
+    hold it all; the read moves the full input here and lets reading go on.
+    If the read then gives up (timeout, error, free), the bytes go back to
+    the front of the input: nothing accepted is lost.
+    """
+
+    __slots__ = ("_bev", "_pieces", "size")
+
+    def __init__(self, bev: BufferEvent) -> None:
+        self._bev = bev
+        self._pieces: list = []
+        self.size = 0
+
+    def take_if_full(self) -> bool:
+        """Move the input here if it is at the read high watermark."""
+        inp = self._bev.input
+        high = self._bev._read_high
+        if not high or len(inp) < high:
+            return False
+        piece = inp.remove(len(inp))
+        self._pieces.append(piece)
+        self.size += len(piece)
+        return True
+
+    def join(self, tail: bytes) -> bytes:
+        """Everything collected plus ``tail``; the collection is handed over."""
+        data = b"".join(self._pieces) + tail
+        self._pieces = []
+        self.size = 0
+        return data
+
+    def __enter__(self) -> _Collected:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None and self._pieces and not self._bev._freed:
+            self._bev.input._prepend_internal(b"".join(self._pieces))
+        self._pieces = []
 
 
 class _BufferEventRawIO(io.RawIOBase):
