@@ -125,6 +125,8 @@ def _int_arg(value: Any, name: str) -> int:
     """Return *value* as an int or raise TypeError naming the argument."""
     if type(value) is int:
         return value
+    if isinstance(value, bool):  # an int subclass, but never a size
+        raise TypeError(f"{name} must be an integer, not bool")
     try:
         return operator.index(value)
     except TypeError:
@@ -306,11 +308,7 @@ class Buffer:
             data = _bytes_arg(data, "data")
         if self._end_frozen:
             raise _refused("add", front=False)
-        if data:
-            orig = self._len
-            self._push(data)
-            if self._cbs or self._watcher is not None:
-                self._notify(orig, len(data), 0)
+        self._append_internal(data)
 
     def add_printf(self, fmt: str | bytes, *args: Any) -> int:
         """Append ``fmt % args``, encoded as UTF-8 when *fmt* is ``str``.
@@ -339,11 +337,7 @@ class Buffer:
             values = args[0]
         text = fmt % values
         data = text.encode("utf-8") if isinstance(text, str) else text
-        if data:
-            orig = self._len
-            self._push(data)
-            if self._cbs or self._watcher is not None:
-                self._notify(orig, len(data), 0)
+        self._append_internal(data)
         return len(data)
 
     def add_buffer(self, other: Buffer) -> None:
@@ -442,10 +436,7 @@ class Buffer:
         self._reserved = None
         if n:
             assert reserved is not None
-            orig = self._len
-            self._push(bytes(memoryview(reserved)[:n]))
-            if self._cbs or self._watcher is not None:
-                self._notify(orig, n, 0)
+            self._append_internal(bytes(memoryview(reserved)[:n]))
 
     # -- prepending --------------------------------------------------------
 
@@ -465,10 +456,7 @@ class Buffer:
             return
         if self._front_frozen:
             raise _refused("prepend", front=True)
-        orig = self._len
-        self._push_left(data)
-        if self._cbs or self._watcher is not None:
-            self._notify(orig, len(data), 0)
+        self._prepend_internal(data)
 
     def prepend_buffer(self, other: Buffer) -> None:
         """Move every byte of *other* before the first byte of this buffer.

@@ -61,7 +61,7 @@ from gevent import getcurrent
 from gevent.hub import Waiter
 
 from .base import EventBase, get_default_base
-from .buffer import Buffer
+from .buffer import Buffer, _size_arg
 from .constants import (
     EOL,
     EV,
@@ -120,14 +120,6 @@ def _check_direction(what: int, name: str = "what", allow_empty: bool = False) -
     if what & ~_BOTH or (not what and not allow_empty):
         raise ValueError(f"{name} must be EV_READ, EV_WRITE or both, got {what!r}")
     return what
-
-
-def _check_size(value: int, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 def _check_timeout(value: Optional[float], name: str) -> Optional[float]:
@@ -425,7 +417,7 @@ class BufferEvent:
     def read(self, n: int) -> bytes:
         """Remove and return up to ``n`` bytes of input; b"" when none."""
         self._check_alive()
-        _check_size(n, "n")
+        _size_arg(n, "n")
         return self.input.remove(n)
 
     def read_buffer(self, buf: Buffer) -> None:
@@ -527,8 +519,8 @@ class BufferEvent:
         Changing marks never runs a callback by itself.
         """
         _check_direction(what)
-        _check_size(low, "low")
-        _check_size(high, "high")
+        _size_arg(low, "low")
+        _size_arg(high, "high")
         self._check_alive()
         if what & _WRITE:
             self._write_low, self._write_high = low, high
@@ -748,7 +740,7 @@ class BufferEvent:
 
     def set_max_single_read(self, n: int) -> None:
         """Cap one read from the transport at ``n`` bytes (0: the default)."""
-        _check_size(n, "n")
+        _size_arg(n, "n")
         self._check_alive()
         self._max_single_read = (
             MAX_SINGLE_READ_DEFAULT if n == 0 or n > EV_SSIZE_MAX else n
@@ -756,7 +748,7 @@ class BufferEvent:
 
     def set_max_single_write(self, n: int) -> None:
         """Cap one write to the transport at ``n`` bytes (0: the default)."""
-        _check_size(n, "n")
+        _size_arg(n, "n")
         self._check_alive()
         self._max_single_write = (
             MAX_SINGLE_WRITE_DEFAULT if n == 0 or n > EV_SSIZE_MAX else n
@@ -1004,7 +996,7 @@ class BufferEvent:
             TimeoutError: not enough bytes within ``timeout`` seconds; the
                 bytes that arrived stay in the input.
         """
-        _check_size(n, "n")
+        _size_arg(n, "n")
         deadline = self._deadline(timeout)
         self._ensure_reading()
         with _Collected(self) as collected:
@@ -1039,7 +1031,7 @@ class BufferEvent:
             TimeoutError: no line within ``timeout`` seconds.
         """
         eol = EOL(eol)
-        _check_size(limit, "limit")
+        _size_arg(limit, "limit")
         deadline = self._deadline(timeout)
         self._ensure_reading()
         scanned = 0
@@ -1076,7 +1068,7 @@ class BufferEvent:
             TimeoutError: no EOF within ``timeout`` seconds.
         """
         if limit is not None:
-            _check_size(limit, "limit")
+            _size_arg(limit, "limit")
         deadline = self._deadline(timeout)
         self._ensure_reading()
         with _Collected(self) as collected:
