@@ -228,6 +228,7 @@ class Buffer:
         "_end_frozen",
         "_cbs",
         "_watcher",
+        "_owned",
         "_reserved",
         "_merge_limit",
         "__weakref__",
@@ -246,6 +247,9 @@ class Buffer:
         # callbacks and costs no BufferCbInfo: it sees every change on the
         # data path, where a namedtuple per write was measurable.
         self._watcher: Optional[Callable[[int, int], None]] = None
+        # True for a bufferevent's own input and output: only the
+        # bufferevent may free those.
+        self._owned = False
         self._reserved: Optional[bytearray] = None
         # Per instance so tests can force one chunk per append.
         self._merge_limit = _MERGE_LIMIT
@@ -1224,6 +1228,10 @@ class Buffer:
         twice is harmless.  A bufferevent's own buffers are not freed with
         it (they stay readable after ``bufferevent.free()``).
         """
+        if self._owned:
+            raise BufferEventError(
+                "this buffer belongs to a bufferevent; free the bufferevent instead"
+            )
         self._chunks.clear()
         self._off = self._len = 0
         self._cbs = []

@@ -219,6 +219,7 @@ class BufferEvent:
         self.input.freeze(False)
         self.output.freeze(True)
         self.output._watcher = self._on_output_changed
+        self.input._owned = self.output._owned = True
 
         self._readcb: Optional[ReadCallback] = None
         self._writecb: Optional[ReadCallback] = None
@@ -612,6 +613,8 @@ class BufferEvent:
         self._update_timers()
 
     def _timer_wanted(self, direction: int) -> bool:
+        if self._dead:
+            return False
         if direction == EV_READ:
             return self._reading_wanted()
         return self._writing_wanted() and len(self.output) > 0
@@ -1083,6 +1086,18 @@ class BufferEvent:
             if limit is not None and collected.size + len(self.input) > limit:
                 raise BufferEventError(f"more than limit={limit} bytes before EOF")
             return collected.join(self.input.remove(len(self.input)))
+
+    def _wait_output_below(self, limit: int, timeout: Optional[float] = None) -> None:
+        """Block until the output holds fewer than ``limit`` bytes (enables
+        EV_WRITE if needed); the room a socket-style ``send`` waits for."""
+        deadline = self._deadline(timeout)
+        self._check_alive()
+        if len(self.output) >= limit and not self._enabled & _WRITE:
+            self.enable(EV_WRITE)
+        while len(self.output) >= limit:
+            self._raise_if_failed("send")
+            self._wait_change(deadline, "room in the output", _WRITE)
+        self._raise_if_failed("send")
 
     def write_all(self, data: bytes, timeout: Optional[float] = None) -> None:
         """Queue ``data``, then block until output is at or below write-low.

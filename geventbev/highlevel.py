@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["connect", "serve", "Server", "BufferEventSocket"]
 
+#: Bytes a BufferEventSocket's output takes before ``send`` waits (its
+#: "socket send buffer").
+SEND_BUFFER = 256 * 1024
+
 #: How long a finished connection may take to send what its handler left
 #: in the output before it is freed anyway, in seconds.
 CLOSE_DRAIN_TIMEOUT = 30.0
@@ -228,6 +232,7 @@ class BufferEventSocket:
         self._timeout: Optional[float] = None
         self._closed = False
         self._io_refs = 0  # open makefile() files, as socket.socket counts
+        self._write_shut = False
 
     def __repr__(self) -> str:
         return f"<BufferEventSocket {self.bev!r}>"
@@ -282,28 +287,50 @@ class BufferEventSocket:
         """Up to ``bufsize`` bytes; b"" at EOF."""
         if flags:
             raise ValueError("recv flags are not supported")
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
         return self._call(self.bev.read_some, bufsize)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Read into ``buffer``; returns the byte count (0 at EOF)."""
-        view = memoryview(buffer)
-        nbytes = nbytes or len(view)
-        data = self.recv(nbytes, flags)
+        view = memoryview(buffer).cast("B")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if nbytes > len(view):
+            raise ValueError("buffer too small for requested bytes")
+        data = self.recv(nbytes or len(view), flags)
         view[: len(data)] = data
         return len(data)
 
     def send(self, data: Any, flags: int = 0) -> int:
-        """Queue all of ``data`` and wait until it drained below the write
-        low watermark; returns ``len(data)``."""
+        """Queue ``data`` once the output has room; returns ``len(data)``.
+
+        Like a socket's send buffer, the output takes data while it holds
+        less than SEND_BUFFER bytes; past that, ``send`` waits (bounded by
+        the timeout).  When it raises (``socket.timeout``,
+        ``BlockingIOError``) nothing was queued, so a retry sends no byte
+        twice.
+        """
         if flags:
             raise ValueError("send flags are not supported")
+        if self._write_shut:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         data = bytes(data)
-        self._call(self.bev.write_all, data)
+        self._call(self.bev._wait_output_below, SEND_BUFFER)
+        self.bev.write(data)
         return len(data)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        """Send all of ``data``."""
-        self.send(data, flags)
+        """Send all of ``data``: queue it in pieces as the output has room.
+
+        On a timeout, the pieces queued so far stay queued (a socket's
+        ``sendall`` does not say how much it sent either).
+        """
+        view = memoryview(bytes(data))
+        for offset in range(0, len(view), SEND_BUFFER):
+            self.send(view[offset : offset + SEND_BUFFER], flags)
+        if not len(view):
+            self.send(b"", flags)
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR: send EOF after the queued output; SHUT_RD: stop reading."""
@@ -314,6 +341,7 @@ class BufferEventSocket:
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             self.bev.disable(EV_READ)
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self._write_shut = True
             self.bev.shutdown_write()
 
     def close(self) -> None:
@@ -367,8 +395,8 @@ class BufferEventSocket:
             raise OSError(errno.EBADF, "Bad file descriptor")
         if not set(mode) <= {"r", "w", "b"}:
             raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
-        reading = "r" in mode
-        writing = "w" in mode or not reading
+        writing = "w" in mode
+        reading = "r" in mode or not writing  # as socket.makefile
         rawmode = ("r" if reading else "") + ("w" if writing else "")
         # socket.SocketIO only needs recv_into, send and _decref_socketios.
         raw = socket.SocketIO(self, rawmode)  # type: ignore[arg-type]

@@ -108,6 +108,9 @@ class RelayConnection:
         self._peer = {self.client: self.backend, self.backend: self.client}
         for bev in (self.client, self.backend):
             bev.setcb(self._on_read, self._on_write, self._on_event, bev)
+            # Every send is traffic, also while backpressure keeps the
+            # output above its low watermark (no write callback then).
+            bev.output.add_cb(self._on_output_change)
             if relay.idle_timeout:
                 bev.set_timeouts(relay.idle_timeout, relay.idle_timeout)
         self.client.enable(EV_READ | EV_WRITE)
@@ -125,6 +128,10 @@ class RelayConnection:
         except (BufferEventError, ValueError, TypeError) as exc:
             # Reported by the accept path once the connection is tracked.
             self.reason = f"backend connect failed: {exc}"
+
+    def _on_output_change(self, buf: Any, info: Any, ctx: Any) -> None:
+        if info.n_deleted:
+            self.last_activity = time.monotonic()
 
     def _connect_timed_out(self) -> None:
         # Runs in the hub: close from a greenlet of its own.

@@ -160,6 +160,7 @@ class SocketBufferEvent(BufferEvent):
         self._sock: Optional[socket.socket] = None
         self._user_sock: Any = None
         self._owns_fd = False
+        self._reader_started = False
         self._connecting = False
         self._shutdown_pending = False
         self._write_kick = False
@@ -175,6 +176,10 @@ class SocketBufferEvent(BufferEvent):
         self._write_wake = _Wakeup(hub)
         if sock is not None:
             self._attach(sock)
+            # Taken as connected, as libevent does; connect() still accepts
+            # a socket that was given unconnected (bound to a source
+            # address, say).  Asking the kernel here instead would take a
+            # connection the peer already reset for one never made.
             self._connected = True
             self._start_greenlets()
 
@@ -222,7 +227,7 @@ class SocketBufferEvent(BufferEvent):
             # object): if this bufferevent is dropped without free(), our
             # wrapper must let go of the number instead of closing it, or a
             # later close of the caller's object could hit a recycled one.
-            weakref.finalize(self, _let_go, own)
+            weakref.finalize(self, _let_go, own, self._was_blocking)
         own.setblocking(False)
         if own.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -233,6 +238,13 @@ class SocketBufferEvent(BufferEvent):
         loop = self.base.loop
         self._read_watcher = loop.io(fd, 1)
         self._write_watcher = loop.io(fd, 2)
+
+    def _peer_known(self) -> bool:
+        try:
+            self._sock.getpeername()  # type: ignore[union-attr]
+        except OSError:
+            return False
+        return True
 
     def _start_greenlets(self) -> None:
         self._reader = gevent.spawn(self._reader_loop)
@@ -291,6 +303,9 @@ class SocketBufferEvent(BufferEvent):
                 raise TypeError(f"port must be an int, got {port!r}")
             if not 1 <= port <= 65535:
                 raise ValueError(f"port must be in 1..65535, got {port}")
+        if self._connected and not self._reader_started and not self._peer_known():
+            # Given unconnected, and the reader has not touched it yet.
+            self._connected = False
         if self._connected or self._connecting:
             raise BufferEventError("connect: already connected or connecting")
         created = False
@@ -385,6 +400,7 @@ class SocketBufferEvent(BufferEvent):
         logger.debug("%r: connect failed: %s", self, exc)
         self._connecting = False
         self._dead = True
+        self._update_timers()  # nothing will ever time out now
         self._report_event(Event.ERROR, exc, options=_DEFER if defer else 0)
 
     def _finish_connect(self) -> bool:
@@ -409,6 +425,7 @@ class SocketBufferEvent(BufferEvent):
     # -- the two greenlets --------------------------------------------------
 
     def _reader_loop(self) -> None:
+        self._reader_started = True
         hub = self.base.hub
         wake = self._read_wake
         inp = self.input
@@ -491,8 +508,6 @@ class SocketBufferEvent(BufferEvent):
         return sent
 
     def _writer_loop(self) -> None:
-        if self._connecting and not self._finish_connect():
-            return
         hub = self.base.hub
         loop = hub.loop
         wake = self._write_wake
@@ -500,6 +515,10 @@ class SocketBufferEvent(BufferEvent):
         sleep = gevent.sleep
         turn_writes = 0  # full writes since this greenlet last gave way
         while not self._freed:
+            if self._connecting:
+                if not self._finish_connect():
+                    return
+                continue
             if not (self._connected and self._writing_wanted()) or not len(out):
                 if self._write_kick and self._connected:
                     # Bytes went out inline (see _kind_output_grew), or
@@ -565,15 +584,16 @@ class SocketBufferEvent(BufferEvent):
 
     def _kind_output_grew(self) -> None:
         if not (
-            self._writer_idle
+            (self._writer_idle or getcurrent() is self._writer)
             and self._connected
             and self._writing_wanted()
             and not self._sending_inline
         ):
             self._write_wake.set()
             return
-        # The writer is parked with nothing to do and the socket is almost
-        # surely writable: send now, in the caller's greenlet, and spare a
+        # The writer is parked with nothing to do (or is the caller, in a
+        # callback, between two sends) and the socket is almost surely
+        # writable: send now, in the caller's greenlet, and spare a
         # greenlet switch per message.  Callbacks still run in the writer
         # (never inside write()), so it is woken when one may be due.
         self._sending_inline = True
@@ -647,8 +667,12 @@ class SocketBufferEvent(BufferEvent):
             sock.detach()
 
 
-def _let_go(sock: socket.socket) -> None:
-    """Forget the descriptor without closing it (see _attach)."""
+def _let_go(sock: socket.socket, was_blocking: bool) -> None:
+    """Give the descriptor back as it came, without closing it (_attach)."""
+    try:
+        os.set_blocking(sock.fileno(), was_blocking)
+    except OSError:
+        pass  # the caller closed it already
     sock.detach()
 
 

@@ -1,8 +1,7 @@
 """Adversarial tests: misuse, hostile peers and resource pressure.
 
-Each test either pins behaviour that held up under attack or, marked
-``xfail(strict=True)``, keeps a failure found by the attack until the
-library is fixed (the reason names the bug).  Everything talks to
+Each test either pins behaviour that held up under attack or keeps a
+failure the attack found (now fixed) from coming back.  Everything talks to
 127.0.0.1 or to AF_UNIX socketpairs only; subprocesses are stopped by pid
 in ``finally`` blocks and every blocking call has a timeout.
 """
