@@ -119,7 +119,7 @@ LIBEVENT_MAX_SINGLE_DEFAULT = 16384
 #: a read costs little more than its system call.  Here every read also
 #: costs a pass through the reader greenlet and the callbacks: measured on
 #: loopback (bench/bench_socket.py, callback rows, both processes on one
-#: CPU), 16 KiB reads and writes spent 1.8x the CPU per byte of 64 KiB ones,
+#: CPU), 16 KiB reads and writes spent 1.7x the CPU per byte of 64 KiB ones,
 #: so geventbev uses 64 KiB, as Twisted does.  ``set_max_single_read(16384)``
 #: restores libevent's value.
 MAX_SINGLE_READ_DEFAULT = 65536
