@@ -336,3 +336,33 @@ def http_server(tmp_path: Path) -> Iterator[tuple]:
         yield ("127.0.0.1", port), "blob.bin", digest.hexdigest()
     finally:
         stop_process(proc)
+
+
+@pytest.fixture
+def full_backlog_address() -> Iterator[tuple]:
+    """A loopback listener that never accepts, with its accept queue full:
+    the kernel drops further SYNs, so a connect to it hangs (skips if the
+    kernel keeps completing connects)."""
+    import gevent.socket
+
+    listener = socket.socket()
+    fillers: list = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(8):
+            filler = gevent.socket.socket()
+            fillers.append(filler)
+            filler.settimeout(0.3)
+            try:
+                filler.connect(address)
+            except socket.timeout:
+                break
+        else:
+            pytest.skip("the kernel never stopped completing connects")
+        yield address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

@@ -888,30 +888,18 @@ def test_event2_on_a_freed_buffer_returns_c_failures():
         len(buf)
 
 
-def test_relay_connect_timeout_closes_a_client_whose_backend_never_accepts():
-    listener = socket.socket()
-    fillers: list = []
-    relay = None
-    client = None
+def test_relay_connect_timeout_closes_a_client_whose_backend_never_accepts(
+    full_backlog_address,
+):
+    closed: list = []
+    relay = Relay(
+        ("127.0.0.1", 0),
+        full_backlog_address,
+        connect_timeout=0.3,
+        on_close=closed.append,
+    )
+    client = gevent.socket.create_connection(relay.address, timeout=3)
     try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        for _ in range(8):
-            filler = gevent.socket.socket()
-            fillers.append(filler)
-            filler.settimeout(0.2)
-            try:
-                filler.connect(address)
-            except socket.timeout:
-                break
-        else:
-            pytest.skip("the kernel never stopped completing connects")
-        closed: list = []
-        relay = Relay(
-            ("127.0.0.1", 0), address, connect_timeout=0.3, on_close=closed.append
-        )
-        client = gevent.socket.create_connection(relay.address, timeout=3)
         client.sendall(b"nobody will read this")
         started = time.monotonic()
         assert client.recv(10) == b""
@@ -920,10 +908,5 @@ def test_relay_connect_timeout_closes_a_client_whose_backend_never_accepts():
         assert "connect timed out" in closed[0].reason
         assert not relay.connections
     finally:
-        if client is not None:
-            client.close()
-        if relay is not None:
-            relay.close()
-        for filler in fillers:
-            filler.close()
-        listener.close()
+        client.close()
+        relay.close()

@@ -145,38 +145,17 @@ def test_connect_timeout_zero_raises_timeout_and_closes(start_server) -> None:
     assert open_fds() == before
 
 
-def test_connect_times_out_on_a_full_backlog() -> None:
+def test_connect_times_out_on_a_full_backlog(full_backlog_address: tuple) -> None:
     """A listener whose accept queue is full drops SYNs: connect must give
     up after ``timeout`` seconds and free its socket."""
-    listener = socket.socket()
-    fillers: list = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        # Fill the accept queue until a plain connect no longer completes.
-        for _ in range(8):
-            filler = gevent.socket.socket()
-            fillers.append(filler)
-            filler.settimeout(0.3)
-            try:
-                filler.connect(address)
-            except socket.timeout:
-                break
-        else:
-            pytest.skip("the kernel never stopped completing connects")
-        before = open_fds()
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            connect(address, timeout=0.3)
-        elapsed = time.monotonic() - started
-        assert 0.25 <= elapsed < 2.0
-        gevent.sleep(0.01)
-        assert open_fds() == before
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
+    before = open_fds()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        connect(full_backlog_address, timeout=0.3)
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 2.0
+    gevent.sleep(0.01)
+    assert open_fds() == before
 
 
 @pytest.mark.parametrize(
