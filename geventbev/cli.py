@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect, with backpressure (1 MiB per direction) and half-close "
         "passed through.  One INFO line per connection on close gives the "
         "bytes moved up (client to backend) and down (backend to client).  "
-        "SIGINT or SIGTERM stops it (exit 0); open connections are closed.",
+        "SIGINT or SIGTERM stops it (exit 0); open connections are closed, "
+        "at once or after --drain-timeout.",
     )
     relay.add_argument(
         "--listen",
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="close a client whose backend connect takes longer than S "
         "seconds (default: 10)",
+    )
+    relay.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="on SIGINT/SIGTERM, stop accepting and give open connections "
+        "up to S seconds to finish; a second signal closes them at once "
+        "(default: close them at once)",
     )
     relay.add_argument(
         "--stats-interval",
@@ -178,6 +187,7 @@ def _install_stop_signals(stop: gevent.event.Event) -> list:
 def run_relay(args: argparse.Namespace) -> int:
     # Handlers first: a supervisor may signal as soon as it sees the banner.
     stop = gevent.event.Event()
+    all_closed = gevent.event.Event()  # set when the last connection ends
     handlers = _install_stop_signals(stop)
     try:
         relay = Relay(
@@ -185,6 +195,7 @@ def run_relay(args: argparse.Namespace) -> int:
             args.connect,
             idle_timeout=args.idle_timeout,
             connect_timeout=args.connect_timeout,
+            on_close=lambda conn: relay.connections or all_closed.set(),
         )
     except OSError as exc:
         print(
@@ -205,6 +216,19 @@ def run_relay(args: argparse.Namespace) -> int:
         stats = gevent.spawn(_log_stats_forever, relay, args.stats_interval)
     try:
         stop.wait()
+        if args.drain_timeout:
+            # Let the open connections finish; a second signal, or the
+            # deadline, closes what is left.
+            relay.stop_accepting()
+            all_closed.clear()
+            if relay.connections:
+                logger.info(
+                    "stopping: waiting up to %.1f s for %d open connection(s)",
+                    args.drain_timeout,
+                    len(relay.connections),
+                )
+                stop.clear()
+                gevent.wait([stop, all_closed], timeout=args.drain_timeout, count=1)
     finally:
         # The handlers stay installed until the end, so a second signal
         # during shutdown is absorbed instead of killing the process.

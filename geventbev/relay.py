@@ -342,8 +342,13 @@ class Relay:
             "down": self.total_down + sum(c.down for c in self.connections),
         }
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections go on."""
+        if not self._listener.freed:
+            self._listener.free()
+
     def close(self, reason: str = "relay shutting down") -> None:
         """Stop accepting and close every open connection."""
-        self._listener.free()
+        self.stop_accepting()
         for conn in list(self.connections):
             conn.close(reason)

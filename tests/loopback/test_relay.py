@@ -640,3 +640,48 @@ def test_many_concurrent_connections(start_relay, start_backend) -> None:
     assert results == {i: True for i in range(20)}
     relay.wait_for_log(CLOSE_LINE, count=20)
     assert backend.errors == []
+
+
+def test_drain_timeout_lets_a_transfer_finish_after_sigterm(
+    start_relay, start_backend
+) -> None:
+    """With --drain-timeout the relay stops accepting on SIGTERM but lets the
+    open transfer complete, then exits 0."""
+    backend = start_backend(command_handler)
+    relay = start_relay(backend.address, "--drain-timeout", "20")
+    client = relay.connect(timeout=10)
+    try:
+        client.sendall(b"blast 32\n")
+        first = client.recv(1 << 16)
+        assert first
+        relay.proc.send_signal(signal.SIGTERM)
+        relay.wait_for_log(r"stopping: waiting up to 20\.0 s for 1 open")
+        with pytest.raises(OSError):  # no longer accepting
+            socket.create_connection(relay.address, timeout=2).close()
+        rest = recv_until_eof(client)
+        assert len(first) + len(rest) == 32 * MIB
+        client.shutdown(socket.SHUT_WR)  # both directions done: it ends
+        assert relay.proc.wait(timeout=10) == 0
+    finally:
+        client.close()
+    log = relay.log()
+    assert "Traceback" not in log
+    assert re.search(r"closed: up \d+ bytes, down 33554432 bytes", log)
+
+
+def test_a_second_signal_cuts_the_drain_short(start_relay, start_backend) -> None:
+    backend = start_backend(command_handler)
+    relay = start_relay(backend.address, "--drain-timeout", "60")
+    client = relay.connect(timeout=10)
+    try:
+        client.sendall(b"echo\nhi")
+        assert client.recv(10) == b"hi"  # an idle, open connection
+        relay.proc.send_signal(signal.SIGTERM)
+        relay.wait_for_log(r"stopping: waiting up to 60\.0 s")
+        started = time.monotonic()
+        relay.proc.send_signal(signal.SIGTERM)
+        assert relay.proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        client.close()
+    assert "relay shutting down" in relay.log()
