@@ -1092,7 +1092,7 @@ class BufferEvent:
         EV_WRITE if needed); the room a socket-style ``send`` waits for."""
         deadline = self._deadline(timeout)
         self._check_alive()
-        if len(self.output) >= limit and not self._enabled & _WRITE:
+        if len(self.output) and not self._enabled & _WRITE:
             self.enable(EV_WRITE)
         while len(self.output) >= limit:
             self._raise_if_failed("send")

@@ -13,6 +13,7 @@ import io
 import logging
 import socket
 import sys
+import time
 from typing import Any, Callable, Optional
 
 import gevent
@@ -32,6 +33,20 @@ __all__ = ["connect", "serve", "Server", "BufferEventSocket"]
 #: Bytes a BufferEventSocket's output takes before ``send`` waits (its
 #: "socket send buffer").
 SEND_BUFFER = 256 * 1024
+
+_OWN_TIMEOUT = object()  # "use the adapter's settimeout() value"
+
+
+def _bytes_like(data: Any) -> bytes:
+    """``bytes(data)`` for a bytes-like object; TypeError otherwise (an int
+    would make ``bytes()`` a run of zeros)."""
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(
+            f"a bytes-like object is required, not {type(data).__name__!r}"
+        ) from None
+
 
 #: How long a finished connection may take to send what its handler left
 #: in the output before it is freed anyway, in seconds.
@@ -262,13 +277,17 @@ class BufferEventSocket:
         """``setblocking(False)`` is ``settimeout(0.0)``, as for sockets."""
         self._timeout = None if flag else 0.0
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(
+        self, fn: Callable[..., Any], *args: Any, timeout: Any = _OWN_TIMEOUT
+    ) -> Any:
         # The bufferevent is freed only when the socket is really closed
         # (close() with no makefile() file left open).
         if self.bev.freed:
             raise OSError(errno.EBADF, "Bad file descriptor")
+        if timeout is _OWN_TIMEOUT:
+            timeout = self._timeout
         try:
-            return fn(*args, timeout=self._timeout)
+            return fn(*args, timeout=timeout)
         except TimeoutError as exc:
             if self._timeout == 0.0:
                 raise BlockingIOError(errno.EAGAIN, "operation would block") from None
@@ -311,26 +330,44 @@ class BufferEventSocket:
         ``BlockingIOError``) nothing was queued, so a retry sends no byte
         twice.
         """
+        return self._send(_bytes_like(data), flags, _OWN_TIMEOUT)
+
+    def _send(self, data: bytes, flags: int, timeout: Any) -> int:
         if flags:
             raise ValueError("send flags are not supported")
         if self._write_shut:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-        data = bytes(data)
-        self._call(self.bev._wait_output_below, SEND_BUFFER)
+        self._call(self.bev._wait_output_below, SEND_BUFFER, timeout=timeout)
+        if self._write_shut:  # shut down while we waited for room
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         self.bev.write(data)
+        if not self.bev.get_enabled() & EV_WRITE:
+            # A write timeout (set_timeouts) or the user turned writing
+            # off: queued bytes must still go out, as with write_all.
+            self.bev.enable(EV_WRITE)
         return len(data)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         """Send all of ``data``: queue it in pieces as the output has room.
 
-        On a timeout, the pieces queued so far stay queued (a socket's
-        ``sendall`` does not say how much it sent either).
+        The timeout bounds the whole call, as for a socket.  On a timeout
+        the pieces queued so far stay queued (a socket's ``sendall`` does
+        not say how much it sent either).
         """
-        view = memoryview(bytes(data))
-        for offset in range(0, len(view), SEND_BUFFER):
-            self.send(view[offset : offset + SEND_BUFFER], flags)
-        if not len(view):
-            self.send(b"", flags)
+        view = memoryview(_bytes_like(data))
+        deadline = None if not self._timeout else time.monotonic() + self._timeout
+        offset = 0
+        while True:
+            timeout: Any = _OWN_TIMEOUT
+            if deadline is not None:
+                timeout = max(deadline - time.monotonic(), 0.0)
+                if timeout == 0.0:
+                    raise socket.timeout("timed out")
+            piece = view[offset : offset + SEND_BUFFER]
+            self._send(bytes(piece), flags, timeout)
+            offset += len(piece)
+            if offset >= len(view):
+                return
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR: send EOF after the queued output; SHUT_RD: stop reading."""

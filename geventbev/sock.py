@@ -160,7 +160,7 @@ class SocketBufferEvent(BufferEvent):
         self._sock: Optional[socket.socket] = None
         self._user_sock: Any = None
         self._owns_fd = False
-        self._reader_started = False
+        self._connect_attempted = False
         self._connecting = False
         self._shutdown_pending = False
         self._write_kick = False
@@ -303,9 +303,17 @@ class SocketBufferEvent(BufferEvent):
                 raise TypeError(f"port must be an int, got {port!r}")
             if not 1 <= port <= 65535:
                 raise ValueError(f"port must be in 1..65535, got {port}")
-        if self._connected and not self._reader_started and not self._peer_known():
-            # Given unconnected, and the reader has not touched it yet.
+        if (
+            self._connected
+            and not self._connect_attempted
+            and not self._eof
+            and not self._error_events
+            and not self._peer_known()
+        ):
+            # A socket given unconnected (socket_new takes any socket as
+            # connected, as libevent does): connect it now.
             self._connected = False
+        self._connect_attempted = True
         if self._connected or self._connecting:
             raise BufferEventError("connect: already connected or connecting")
         created = False
@@ -425,7 +433,6 @@ class SocketBufferEvent(BufferEvent):
     # -- the two greenlets --------------------------------------------------
 
     def _reader_loop(self) -> None:
-        self._reader_started = True
         hub = self.base.hub
         wake = self._read_wake
         inp = self.input
@@ -457,6 +464,15 @@ class SocketBufferEvent(BufferEvent):
             except InterruptedError:
                 continue
             except OSError as exc:
+                if (
+                    exc.errno in (errno.ENOTCONN, errno.EINVAL)
+                    and not self._connect_attempted
+                    and not self._peer_known()
+                ):
+                    # A socket given before it was connected, with reading
+                    # enabled early: wait for connect() instead of failing.
+                    self._connected = False
+                    continue
                 self._report_event(Event.READING | Event.ERROR, exc)
                 return
             if not data:
