@@ -53,14 +53,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
-    """The first line ``proc`` prints on stdout ('' if it exits first)."""
+    """The first line ``proc`` prints on stdout ('' if it exits first).
+
+    On a timeout, what was read of the line so far is kept for the next call
+    (callers poll with short timeouts so as not to block their hub)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
-    data = b""
+    data = getattr(proc, "_partial_line", b"")
     while b"\n" not in data:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            proc._partial_line = data  # type: ignore[attr-defined]
             raise TimeoutError(f"no line on stdout within {timeout} s: {data!r}")
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
