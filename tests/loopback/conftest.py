@@ -53,10 +53,11 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 
 
 def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
-    """The first line ``proc`` prints on stdout ('' if it exits first).
+    """The next line ``proc`` prints on stdout ('' if it exits first).
 
-    On a timeout, what was read of the line so far is kept for the next call
-    (callers poll with short timeouts so as not to block their hub)."""
+    Bytes read past the line, and on a timeout what was read of the line so
+    far, are kept for the next call (callers poll with short timeouts so as
+    not to block their hub)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
@@ -73,7 +74,9 @@ def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
         if not chunk:
             return data.decode()
         data += chunk
-    return data.decode().split("\n", 1)[0]
+    line, _, rest = data.partition(b"\n")
+    proc._partial_line = rest  # type: ignore[attr-defined]  # the next line's
+    return line.decode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
