@@ -318,22 +318,6 @@ def test_makefile_without_r_or_w_reads_as_a_socket_does(raw_sockets):
 # -- fixed bugs: file descriptors and buffers ----------------------------------------
 
 
-def test_connect_uses_an_unconnected_socket_it_was_given(echo_server):
-    own = socket.socket()
-    own.bind(("127.0.0.1", 0))
-    local = own.getsockname()
-    bev = socket_new(own, CLOSE)
-    try:
-        bev.connect(echo_server.address)
-        bev.wait_connected(timeout=2)
-        assert bev.getsockname() == local
-        bev.write(b"through my own socket")
-        assert bev.read_exactly(21, timeout=2) == b"through my own socket"
-    finally:
-        bev.free()
-        own.close()
-
-
 def test_collecting_an_unfreed_bev_restores_blocking_mode():
     ours, theirs = socket.socketpair()
     try:
