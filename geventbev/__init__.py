@@ -19,8 +19,10 @@ from .errors import (
     LineTooLongError,
     UnsupportedOperation,
 )
+from .filter import FilterBufferEvent, filter_new
 from .highlevel import BufferEventSocket, Server, connect, serve
 from .listener import Listener
+from .pair import PairBufferEvent, pair_new
 from .sock import SocketBufferEvent, socket_new
 
 __version__ = "0.1.0"
@@ -31,14 +33,18 @@ __all__ = [
     "BufferEventError",
     "BufferEventSocket",
     "EventBase",
+    "FilterBufferEvent",
     "IncompleteReadError",
     "LineTooLongError",
     "Listener",
+    "PairBufferEvent",
     "Server",
     "SocketBufferEvent",
     "UnsupportedOperation",
     "connect",
+    "filter_new",
     "get_default_base",
+    "pair_new",
     "serve",
     "socket_new",
     *_constants.__all__,

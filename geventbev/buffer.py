@@ -878,6 +878,33 @@ class Buffer:
             self._notify(orig, 0, n)
         return data
 
+    def _move_internal(self, dst: Buffer, n: int = -1) -> int:
+        """Move up to *n* bytes (all when negative) to *dst*'s end,
+        regardless of freezing at either end; returns the bytes moved.
+
+        The door pairs and filters use to hand bytes between their own
+        buffers.  Callbacks run as for ``remove_buffer``.
+        """
+        orig_src = self._len
+        if n < 0 or n > orig_src:
+            n = orig_src
+        if not n or dst is self:
+            return 0
+        orig_dst = dst._len
+        if n == orig_src:
+            if not orig_dst:
+                # Swapping deques makes a whole move into an empty buffer
+                # O(1).
+                dst._chunks, self._chunks = self._chunks, dst._chunks
+                dst._off, self._off = self._off, 0
+                dst._len, self._len = n, 0
+            else:
+                dst._extend(self._detach_all(), n)
+        else:
+            dst._extend(self._split_front(n), n)
+        _notify_move(self, orig_src, dst, orig_dst, n)
+        return n
+
     def _peek_chunk(self, max_n: int = -1) -> memoryview:
         """Return a zero-copy view of at most *max_n* bytes from the front.
 

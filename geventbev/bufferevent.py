@@ -193,8 +193,7 @@ class BufferEvent:
     """Buffered, callback-driven connection state shared by every kind.
 
     Do not instantiate this class directly: use ``socket_new`` (or
-    ``connect``/``serve``).  Pairs, filters and TLS will be further kinds
-    of it; this version has socket bufferevents only.
+    ``connect``/``serve``), ``pair_new`` or ``filter_new``.
 
     Attributes:
         input: the Buffer of received bytes; the user removes from it.
@@ -237,6 +236,12 @@ class BufferEvent:
         self._write_timer: Optional[_DirectionTimer] = None
         self._max_single_read = MAX_SINGLE_READ_DEFAULT
         self._max_single_write = MAX_SINGLE_WRITE_DEFAULT
+        # Set by a filter on top: the most input this one may hold before
+        # reading stops (SUSPEND_FILT_READ) while the filter is not taking
+        # bytes; 0 means no such cap.  See filter.py.
+        self._read_cap = 0
+        # The filter layered on this one, if any (it owns our callbacks).
+        self._upper: Optional[BufferEvent] = None
 
         # Deferred-callback slot (libevent: one per bufferevent).
         self._deferred_queued = False
@@ -579,11 +584,31 @@ class BufferEvent:
                 self._maybe_idle()
 
     def _read_budget(self) -> int:
-        """How many bytes one read may take now (max single read, read-high)."""
+        """How many bytes one read may take now (max single read, read-high,
+        and the cap a filter on top may set)."""
         budget = self._max_single_read
         if self._read_high:
             budget = min(budget, self._read_high - len(self.input))
+        if self._read_cap:
+            budget = min(budget, self._read_cap - len(self.input))
         return budget
+
+    def _input_room(self) -> int:
+        """How many more bytes the input may take now; -1 for no limit."""
+        room = -1
+        if self._read_high:
+            room = max(0, self._read_high - len(self.input))
+        if self._read_cap:
+            cap_room = max(0, self._read_cap - len(self.input))
+            room = cap_room if room < 0 else min(room, cap_room)
+        return room
+
+    def _check_read_limits(self) -> None:
+        """Pause reading if the input reached the read high watermark or
+        the cap of a filter on top (the filter lifts the latter)."""
+        self._check_read_high()
+        if self._read_cap and len(self.input) >= self._read_cap:
+            self._suspend(EV_READ, SUSPEND_FILT_READ)
 
     # -- timeouts -----------------------------------------------------------
 
@@ -654,6 +679,8 @@ class BufferEvent:
             timer.last_activity = time.monotonic()
         if self._read_high and len(self.input) >= self._read_high:
             self._check_read_high()
+        if self._read_cap and len(self.input) >= self._read_cap:
+            self._suspend(EV_READ, SUSPEND_FILT_READ)
         self._trigger_read()
         if self._waiting:
             self._notify()

@@ -53,7 +53,7 @@ Departures, where the Python objects cannot do what C does:
   to the hub's error handler; the buffer operation that ran it still
   returns success, as it would in C.
 
-Pairs, filters, TLS and rate limits have no functions here yet.
+TLS and rate limits have no functions here yet.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ from .bufferevent import BufferEvent
 from .constants import *  # noqa: F401,F403  (libevent's constant names)
 from .constants import EOL, EV_READ, EV_SSIZE_MAX, EV_WRITE, Trigger
 from .errors import BufferEventError
+from .filter import FilterBufferEvent, filter_new
 from .listener import Listener
+from .pair import pair_new
 from .sock import SocketBufferEvent
 
 logger = logging.getLogger(__name__)
@@ -535,6 +537,34 @@ def bufferevent_socket_new(
         _base(base)
     sock = None if fd is None or (type(fd) is int and fd == -1) else fd
     return SocketBufferEvent(sock, _int(options, "options"), base=base)
+
+
+@_c_function(None)
+def bufferevent_pair_new(base: Optional[EventBase], options: int) -> Optional[list]:
+    """Return ``[bev0, bev1]``, two bufferevents joined in memory, or None."""
+    if base is not None:
+        _base(base)
+    return list(pair_new(_int(options, "options"), base=base))
+
+
+@_c_function(None)
+def bufferevent_filter_new(
+    underlying: BufferEvent,
+    input_filter: Any,
+    output_filter: Any,
+    options: int,
+    free_context: Any,
+    ctx: Any,
+) -> Optional[FilterBufferEvent]:
+    """Return a filter bufferevent over underlying, or None on bad input."""
+    return filter_new(
+        _bev(underlying),
+        input_filter,
+        output_filter,
+        _int(options, "options"),
+        free_context,
+        ctx,
+    )
 
 
 @_c_function(-1)

@@ -454,7 +454,7 @@ class SocketBufferEvent(BufferEvent):
                 continue
             budget = self._read_budget()
             if budget <= 0:
-                self._check_read_high()
+                self._check_read_limits()
                 continue
             try:
                 data = self._sock.recv(min(budget, _RECV_CAP))  # type: ignore[union-attr]

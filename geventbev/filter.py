@@ -1,0 +1,628 @@
+"""Filtering bufferevents: a transformation between the user and another
+bufferevent (the *underlying*: a socket, a pair end, another filter).
+
+Theory of operation
+-------------------
+
+A filter bufferevent has its own input and output Buffers and two filter
+functions ``f(src, dst, dst_limit, mode, ctx) -> FilterResult``.  Two
+greenlets, the pumps, run them:
+
+* the input pump moves the underlying's input through the input filter
+  into the filter's input, then runs the user's read callback;
+* the output pump moves the filter's output through the output filter into
+  the underlying's output, which the underlying then sends.
+
+Running the filters in pumps, rather than inside ``write()`` or inside the
+underlying's callbacks, gives every user callback one well-known greenlet
+(the blocking style needs that to refuse self-waits) and means that a user
+draining the filter's input never finds a filter run, and its read
+callback, nested inside that call.
+
+The filter takes over the underlying's callbacks: its read callback wakes
+the input pump, its write callback wakes the output pump, and its events
+are passed on to the filter's user (EOF only after the input filter has
+run once with FINISHED, so a decompressor's tail arrives before the EOF;
+libevent passes the EOF on at once).
+
+Backpressure.  Reading on the underlying is suspended (SUSPEND_FILT_READ)
+while the filter does not want data: reading disabled, the filter's input
+at its read high watermark, or the input direction failed.  While the
+filter has a read high watermark, the underlying also reads at most
+``UNDERLYING_READ_CAP`` bytes ahead (libevent's 16 KiB read size) so that
+a filter that stops taking bytes leaves the rest in the kernel rather than
+in memory; the cap is lifted while the input filter asks for more than
+that (NEED_MORE with the cap reached), which would otherwise never end.
+On the way out the output filter gets ``dst_limit`` from the underlying's
+write high watermark; without one the pump stops feeding the underlying
+at ``UNDERLYING_WRITE_CAP`` bytes and goes on when the underlying's write
+callback says it drained, so the filter's own output (and the user's
+watermarks on it) carries the backpressure.
+
+Failures.  A filter that returns ERROR, raises, or returns something that
+is not a FilterResult stops its direction: the user gets ERROR|READING or
+ERROR|WRITING with the exception as ``get_error()`` (libevent stays
+silent), and blocking callers get it as ``__cause__``.  Bytes already
+filtered stay readable.
+
+Freeing.  ``free()`` drops what is still in the filter's own output (it is
+abortive, like every bufferevent's), but never what the filter already
+handed to its underlying: with CLOSE_ON_FREE the underlying first writes
+that out, bounded by ``FREE_DRAIN_TIMEOUT`` seconds, and only then is
+freed (libevent frees it at once and loses those bytes).  A pending
+``shutdown_write()`` is honoured before the free, so a compressor's
+trailer is written.  ``free_context(ctx)`` runs exactly once.
+
+Filters must not block (they run inside the pumps and inside ``flush``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+import gevent
+from gevent import getcurrent
+
+from .buffer import Buffer
+from .bufferevent import _READ, _WRITE, SUSPEND_FILT_READ, BufferEvent
+from .constants import (
+    EV_READ,
+    EV_WRITE,
+    LIBEVENT_MAX_SINGLE_DEFAULT,
+    Event,
+    FilterResult,
+    FlushMode,
+    Option,
+)
+from .errors import BufferEventError
+from .sock import _Wakeup
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FilterBufferEvent", "filter_new"]
+
+FilterFunction = Callable[[Buffer, Buffer, int, FlushMode, Any], Any]
+
+# Bytes the underlying may read ahead while the filter has a read high
+# watermark (see the module docstring).
+UNDERLYING_READ_CAP = LIBEVENT_MAX_SINGLE_DEFAULT
+# Bytes the output pump leaves queued in an underlying that has no write
+# high watermark of its own before it waits for the underlying to drain.
+UNDERLYING_WRITE_CAP = 256 * 1024
+# How long a filter freed with CLOSE_ON_FREE lets its underlying finish
+# sending what it already holds, in seconds.
+FREE_DRAIN_TIMEOUT = 30.0
+
+_NORMAL = FlushMode.NORMAL
+_FINISHED = FlushMode.FINISHED
+_OK = FilterResult.OK
+_NEED_MORE = FilterResult.NEED_MORE
+_FILTER_ERROR = FilterResult.ERROR
+_RESULTS = {int(r): r for r in FilterResult}
+_CLOSE_ON_FREE = int(Option.CLOSE_ON_FREE)
+_EOF = int(Event.EOF)
+_ERROR = int(Event.ERROR)
+_READING = int(Event.READING)
+_WRITING = int(Event.WRITING)
+_CONNECTED = int(Event.CONNECTED)
+# Runs of a pump before it lets other greenlets go first.
+_RUNS_PER_TURN = 8
+
+
+def pass_through(
+    src: Buffer, dst: Buffer, dst_limit: int, mode: FlushMode, ctx: Any
+) -> FilterResult:
+    """The filter used for ``None``: moves bytes unchanged, at most
+    ``dst_limit`` of them when that is not -1."""
+    if not len(src):
+        return _NEED_MORE
+    src._move_internal(dst, dst_limit)
+    return _OK
+
+
+class FilterBufferEvent(BufferEvent):
+    """A bufferevent that transforms the bytes of another (see
+    ``filter_new`` and the module docstring).
+
+    Attributes:
+        input, output, base: as for every BufferEvent.
+    """
+
+    def __init__(
+        self,
+        underlying: BufferEvent,
+        input_filter: Optional[FilterFunction],
+        output_filter: Optional[FilterFunction],
+        options: int = 0,
+        free_context: Optional[Callable[[Any], Any]] = None,
+        ctx: Any = None,
+    ) -> None:
+        if not isinstance(underlying, BufferEvent):
+            raise TypeError(
+                f"underlying must be a BufferEvent, got {type(underlying).__name__}"
+            )
+        for name, fn in (
+            ("input_filter", input_filter),
+            ("output_filter", output_filter),
+            ("free_context", free_context),
+        ):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, got {fn!r}")
+        if underlying.freed:
+            raise BufferEventError("underlying bufferevent has been freed")
+        if underlying._upper is not None and not underlying._upper.freed:
+            raise BufferEventError(
+                f"underlying already has a filter on top: {underlying._upper!r}"
+            )
+        super().__init__(underlying.base, options)
+        self._under = underlying
+        self._input_filter = input_filter or pass_through
+        self._output_filter = output_filter or pass_through
+        self._filter_ctx = ctx
+        self._free_context = free_context
+        self._connected = underlying.connected
+        self._in_dirty = True  # the underlying may already hold input
+        self._out_dirty = False
+        self._in_failed = False
+        self._out_failed = False
+        self._under_eof = False  # the underlying reported EOF
+        self._eof_delivered = False
+        self._shutdown_pending = False
+        self._filtering_output = False  # guards against re-entry by flush
+        self._filtering_input = False
+        hub = self.base.hub
+        self._in_wake = _Wakeup(hub)
+        self._out_wake = _Wakeup(hub)
+
+        underlying._upper = self
+        underlying.setcb(
+            self._under_readcb, self._under_writecb, self._under_eventcb, None
+        )
+        underlying.enable(EV_READ | EV_WRITE)
+        self._reader = gevent.spawn(self._input_pump)
+        self._writer = gevent.spawn(self._output_pump)
+        self._sync_under_read()
+        logger.debug("%r: filtering %r", self, underlying)
+
+    # -- running the filter functions ---------------------------------------
+
+    def _call_filter(
+        self, output: bool, src: Buffer, dst: Buffer, limit: int, mode: FlushMode
+    ) -> Optional[FilterResult]:
+        """Run one filter function; None when it failed (already reported)."""
+        fn = self._output_filter if output else self._input_filter
+        # The frozen ends keep users out of the filter's own buffers; the
+        # filter function is the one allowed in.
+        frozen_src_front, frozen_dst_end = src._front_frozen, dst._end_frozen
+        src._front_frozen = dst._end_frozen = False
+        try:
+            result = fn(src, dst, limit, mode, self._filter_ctx)
+        except Exception as exc:
+            self._filter_failed(output, exc)
+            return None
+        finally:
+            if not src.freed:
+                src._front_frozen = frozen_src_front
+            if not dst.freed:
+                dst._end_frozen = frozen_dst_end
+        checked = (
+            _RESULTS.get(result)
+            if type(result) is int or isinstance(result, FilterResult)
+            else None
+        )
+        if checked is None:
+            which = "output" if output else "input"
+            self._filter_failed(
+                output,
+                TypeError(
+                    f"{which} filter {fn!r} returned {result!r}; expected a "
+                    "FilterResult (OK, NEED_MORE or ERROR)"
+                ),
+            )
+            return None
+        if checked is _FILTER_ERROR:
+            which = "output" if output else "input"
+            self._filter_failed(output, BufferEventError(f"{which} filter failed"))
+            return None
+        return checked
+
+    def _filter_failed(self, output: bool, exc: BaseException) -> None:
+        if self._freed:
+            return
+        if output:
+            self._out_failed = True
+            events = Event.ERROR | Event.WRITING
+        else:
+            self._in_failed = True
+            events = Event.ERROR | Event.READING
+        which = "output" if output else "input"
+        logger.debug("%r: %s filter failed: %r", self, which, exc)
+        self._report_event(events, exc)
+        self._sync_under_read()
+
+    def _run_input(self, mode: FlushMode) -> int:
+        """Run the input filter until it has nothing more to give now;
+        returns the bytes it produced."""
+        under = self._under
+        src, dst = under.input, self.input
+        produced_total = 0
+        result: Optional[FilterResult] = _OK
+        progressed = False
+        self._filtering_input = True
+        try:
+            while not self._freed and not self._in_failed and not under.freed:
+                if self._read_high:
+                    limit = self._read_high - len(dst)
+                    if limit <= 0:
+                        break
+                else:
+                    limit = -1
+                src_before, dst_before = len(src), len(dst)
+                result = self._call_filter(False, src, dst, limit, mode)
+                if result is None:
+                    return produced_total
+                produced = len(dst) - dst_before
+                progressed = bool(produced or src_before - len(src))
+                if produced:
+                    produced_total += produced
+                    self._bytes_read()
+                if result is _NEED_MORE or not progressed or not len(src):
+                    break
+                if mode is _NORMAL and not self._reading_wanted():
+                    break
+        finally:
+            self._filtering_input = False
+        if self._freed or under.freed:
+            return produced_total
+        if self._read_high:
+            # Lift the read-ahead cap while the filter waits for more than
+            # the cap lets in (see the module docstring).
+            starving = (result is _NEED_MORE or not progressed) and len(
+                src
+            ) >= UNDERLYING_READ_CAP
+            under._read_cap = 0 if starving else UNDERLYING_READ_CAP
+        self._sync_under_read()
+        if (
+            self._under_eof
+            and mode is _FINISHED
+            and not self._eof_delivered
+            and not self._in_failed
+            and (not len(src) or result is _NEED_MORE or not progressed)
+            and not (self._read_high and len(dst) >= self._read_high and len(src))
+        ):
+            self._eof_delivered = True
+            logger.debug("%r: EOF", self)
+            self._report_event(Event.EOF | Event.READING)
+        return produced_total
+
+    def _run_output(self, mode: FlushMode) -> int:
+        """Run the output filter until it has nothing more to give now;
+        returns the bytes it produced."""
+        under = self._under
+        src, dst = self.output, under.output
+        produced_total = 0
+        consumed_total = 0
+        self._filtering_output = True
+        try:
+            while not self._freed and not self._out_failed and not under.freed:
+                if mode is _NORMAL and not len(src):
+                    break
+                if under._write_high:
+                    limit = under._write_high - len(dst)
+                    if limit <= 0 and mode is _NORMAL:
+                        break
+                    limit = max(limit, 0)
+                else:
+                    limit = -1
+                    if mode is _NORMAL and len(dst) >= UNDERLYING_WRITE_CAP:
+                        break
+                src_before, dst_before = len(src), len(dst)
+                result = self._call_filter(True, src, dst, limit, mode)
+                if result is None:
+                    return produced_total
+                produced = len(dst) - dst_before
+                consumed = src_before - len(src)
+                produced_total += produced
+                consumed_total += consumed
+                if result is _NEED_MORE or not (produced or consumed) or not len(src):
+                    break
+        finally:
+            self._filtering_output = False
+        if consumed_total and not self._freed:
+            self._trigger_write()
+        return produced_total
+
+    # -- the pumps ----------------------------------------------------------
+
+    def _wants_input_run(self) -> bool:
+        return (
+            self._in_dirty
+            and not self._in_failed
+            and not self._eof_delivered
+            and self._reading_wanted()
+        )
+
+    def _input_pump(self) -> None:
+        wake = self._in_wake
+        runs = 0
+        while not self._freed:
+            if not self._wants_input_run():
+                runs = 0
+                wake.wait()
+                continue
+            self._in_dirty = False
+            self._run_input(_FINISHED if self._under_eof else _NORMAL)
+            runs += 1
+            if runs >= _RUNS_PER_TURN:
+                runs = 0
+                gevent.sleep(0)
+
+    def _output_pump(self) -> None:
+        wake = self._out_wake
+        runs = 0
+        while not self._freed:
+            if self._out_failed or not (
+                self._out_dirty and (self._writing_wanted() or self._shutdown_pending)
+            ):
+                runs = 0
+                wake.wait()
+                continue
+            self._out_dirty = False
+            if self._writing_wanted():
+                self._run_output(_NORMAL)
+            if self._shutdown_pending and not self._freed:
+                self._finish_output()
+            runs += 1
+            if runs >= _RUNS_PER_TURN:
+                runs = 0
+                gevent.sleep(0)
+
+    def _finish_output(self) -> None:
+        """shutdown_write: let the output filter finish, then shut down the
+        underlying's write side."""
+        self._shutdown_pending = False
+        under = self._under
+        if self._out_failed or under.freed:
+            return
+        self._run_output(_FINISHED)
+        if not self._out_failed and not under.freed:
+            try:
+                under.shutdown_write()
+            except NotImplementedError:
+                logger.debug("%r: underlying %r cannot shut down", self, under)
+        if self._waiting:
+            self._notify()
+        self._maybe_idle()
+
+    def _sync_under_read(self) -> None:
+        """Suspend or resume the underlying's reading (module docstring)."""
+        under = self._under
+        if under.freed:
+            return
+        want = (
+            not self._freed
+            and self._reading_wanted()
+            and not self._in_failed
+            and not self._under_eof
+            and not (under._read_cap and len(under.input) >= under._read_cap)
+        )
+        if want:
+            if under._read_suspended & SUSPEND_FILT_READ:
+                under._unsuspend(EV_READ, SUSPEND_FILT_READ)
+        elif not under._read_suspended & SUSPEND_FILT_READ:
+            under._suspend(EV_READ, SUSPEND_FILT_READ)
+
+    # -- the underlying's callbacks -----------------------------------------
+
+    def _under_readcb(self, under: BufferEvent, ctx: Any) -> None:
+        self._in_dirty = True
+        self._in_wake.set()
+
+    def _under_writecb(self, under: BufferEvent, ctx: Any) -> None:
+        if len(self.output) or self._shutdown_pending:
+            self._out_dirty = True
+            self._out_wake.set()
+        if self._waiting:
+            self._notify()  # drain() waits for the underlying too
+        if not len(under.output):
+            self._maybe_idle()
+
+    def _under_eventcb(self, under: BufferEvent, events: int, ctx: Any) -> None:
+        if self._freed:
+            return
+        events = int(events)
+        if events & _EOF and events & _READING and not events & _ERROR:
+            # Held back until the input filter ran with FINISHED.
+            self._under_eof = True
+            self._in_dirty = True
+            self._in_wake.set()
+            events &= ~(_EOF | _READING)
+            if not events & ~_WRITING:
+                return
+        if events & _ERROR and events & _READING and len(under.input):
+            # Bytes that arrived before the error are the user's too.
+            if self._reading_wanted() and not self._filtering_input:
+                self._run_input(_NORMAL)
+                if self._freed:
+                    return
+        if events & _CONNECTED:
+            self._out_dirty = True
+            self._out_wake.set()
+        self._report_event(events, under.get_error())
+
+    # -- hooks --------------------------------------------------------------
+
+    def _kind_start(self, what: int) -> None:
+        under = self._under
+        if under.freed:
+            return
+        if what & _READ:
+            # A filter owns its underlying's directions: bring back one a
+            # timeout on the underlying turned off.
+            if not (under._enabled & _READ or under._eof or under._error_events):
+                under.enable(EV_READ)
+            self._in_dirty = True
+            self._in_wake.set()
+            self._sync_under_read()
+        if what & _WRITE:
+            if not under._enabled & _WRITE and not under._error_events:
+                under.enable(EV_WRITE)
+            self._out_dirty = True
+            self._out_wake.set()
+
+    def _kind_stop(self, what: int) -> None:
+        if what & _READ:
+            self._sync_under_read()
+
+    def _kind_output_grew(self) -> None:
+        if not self._out_dirty:
+            self._out_dirty = True
+            self._out_wake.set()
+
+    def _kind_flush(self, what: int, mode: FlushMode) -> int:
+        """Run the filter(s) with ``mode``, then flush the underlying.
+
+        Returns 1 when the filters produced bytes, else the underlying's
+        answer (0, or -1 when it cannot flush)."""
+        under = self._under
+        if under.freed:
+            return -1
+        produced = 0
+        if what & _READ and not self._filtering_input:
+            produced += self._run_input(mode)
+        if what & _WRITE and not self._filtering_output:
+            produced += self._run_output(mode)
+        if self._freed or under.freed:
+            return 1 if produced else 0
+        answer = under.flush(what, mode)
+        return 1 if produced else answer
+
+    def shutdown_write(self) -> None:
+        """Finish the output side: once everything written so far went
+        through the output filter, run it with FINISHED (a compressor
+        writes its trailer), then shut down the underlying's write side.
+        """
+        self._check_alive()
+        self._shutdown_pending = True
+        self._out_dirty = True
+        self._out_wake.set()
+
+    def _kind_output_settled(self) -> bool:
+        under = self._under
+        if under.freed:
+            return True
+        return (
+            not self._shutdown_pending
+            and not len(under.output)
+            and under._kind_output_settled()
+        )
+
+    def _kind_io_greenlet(self, direction: int) -> Any:
+        return self._reader if direction == _READ else self._writer
+
+    def _kind_busy(self) -> bool:
+        under = self._under
+        if under.freed:
+            return False
+        return self._shutdown_pending or under._kind_busy() or bool(len(under.output))
+
+    def _kind_free(self) -> None:
+        under = self._under
+        if self._shutdown_pending and not under.freed:
+            # The user asked for the output to be finished: do it now so a
+            # trailer is not lost (it then goes out with the linger below).
+            self._freed = False  # _run_output stops on a freed filter
+            try:
+                self._finish_output()
+            finally:
+                self._freed = True
+        current = getcurrent()
+        for glet in (self._reader, self._writer):
+            if glet is not None and glet is not current and not glet.dead:
+                glet.kill(block=False)
+        free_context, self._free_context = self._free_context, None
+        if free_context is not None:
+            try:
+                free_context(self._filter_ctx)
+            except Exception:
+                self.base.hub.handle_error(self, *sys.exc_info())
+        if under.freed:
+            return
+        if under._upper is self:
+            under._upper = None
+            under.setcb(None, None, None)
+        under._read_cap = 0
+        if not self._options & _CLOSE_ON_FREE:
+            under._unsuspend(EV_READ, SUSPEND_FILT_READ)
+            return
+        if len(under.output) or not under._kind_output_settled():
+            gevent.spawn(_drain_then_free, under)
+        else:
+            under.free()
+
+    def get_underlying(self) -> BufferEvent:
+        """The bufferevent this filter reads from and writes to."""
+        return self._under
+
+    def fileno(self) -> int:
+        """The underlying's file descriptor, or -1."""
+        under = self._under
+        return -1 if under.freed else under.fileno()
+
+
+def _drain_then_free(under: BufferEvent) -> None:
+    """Let a freed filter's underlying send what it holds, then free it."""
+    try:
+        under.disable(EV_READ)
+        under.drain(timeout=FREE_DRAIN_TIMEOUT)
+    except Exception as exc:  # the peer is gone or too slow: nothing to save
+        logger.warning(
+            "%r: %d bytes a freed filter had handed over were not sent: %s",
+            under,
+            len(under.output) if not under.freed else 0,
+            exc,
+        )
+    finally:
+        under.free()
+
+
+def filter_new(
+    underlying: BufferEvent,
+    input_filter: Optional[FilterFunction],
+    output_filter: Optional[FilterFunction],
+    options: int = 0,
+    free_context: Optional[Callable[[Any], Any]] = None,
+    ctx: Any = None,
+) -> FilterBufferEvent:
+    """Layer a filtering bufferevent over ``underlying``.
+
+    A filter is ``f(src, dst, dst_limit, mode, ctx) -> FilterResult``: it
+    moves bytes from ``src`` to ``dst`` transformed, adding at most
+    ``dst_limit`` bytes unless that is -1.  ``mode`` is NORMAL, FLUSH
+    (from ``flush``) or FINISHED (``flush(..., FINISHED)``,
+    ``shutdown_write()``, or the input side at the underlying's EOF).  It
+    returns OK when it produced what it could, NEED_MORE when it needs more
+    input first, ERROR when the stream is broken.  ``None`` passes bytes
+    through unchanged.
+
+    The filter takes over the underlying's callbacks and enables its
+    reading and writing; do not use the underlying directly afterwards.
+
+    Args:
+        underlying: any bufferevent (socket, pair end, filter).
+        input_filter: transforms what the underlying reads, or None.
+        output_filter: transforms what the user writes, or None.
+        options: Option flags; CLOSE_ON_FREE frees the underlying with the
+            filter (after it sent what it holds).
+        free_context: called as ``free_context(ctx)`` once, on free.
+        ctx: the last argument of both filters.
+
+    Raises:
+        TypeError: a bad argument type.
+        BufferEventError: the underlying is freed or already filtered.
+    """
+    return FilterBufferEvent(
+        underlying, input_filter, output_filter, options, free_context, ctx
+    )

@@ -1,0 +1,247 @@
+"""Paired bufferevents: two ends joined in memory, no socket in between.
+
+Theory of operation
+-------------------
+
+Bytes written on one end move from its output Buffer to the partner's input
+Buffer.  The move is a chunk hand-over (no copy), and it happens at once,
+in the greenlet that caused it: the writer's ``write()``, an ``enable``, or
+the partner draining its input below its read high watermark.  A move
+happens only while the sending end wants to write (EV_WRITE enabled, not
+suspended) and the receiving end wants to read; it takes no more than the
+receiver's read high watermark leaves room for, so the rest waits in the
+sender's output, which is where a socket would keep it too.
+
+Because a move can happen inside user code (a read callback that writes to
+its partner, whose read callback writes back, ...), every pair end always
+has DEFER_CALLBACKS: callbacks only ever run from the EventBase's callback
+greenlet, so a chain of 10,000 ping-pongs is a loop there, not a recursion,
+and other greenlets get their turns between rounds.
+
+The hot path.  When a write could move everything at once (the end's
+output is empty, the partner wants data and has no read high watermark, no
+user callback watches either buffer), ``write`` appends straight to the
+partner's input.  Observably this is the same as appending to the output
+and moving it at once: nobody could look in between.
+
+Unlinking.  Freeing one end leaves the other alive and unlinked: its writes
+stay in its output, it gets no event about the other's end (as in libevent;
+a socket user might expect EOF, which is what ``flush(EV_WRITE, FINISHED)``
+or ``shutdown_write()`` is for) and ``get_partner()`` returns None.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Tuple
+
+from .base import EventBase
+from .bufferevent import _DEFER, _READ, _WRITE, BufferEvent
+from .constants import Event, FlushMode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PairBufferEvent", "pair_new"]
+
+
+class PairBufferEvent(BufferEvent):
+    """One end of an in-memory pair (see ``pair_new``).
+
+    Pair ends are connected from the start (there is no CONNECTED event),
+    have no file descriptor, and always defer their callbacks.
+    CLOSE_ON_FREE is accepted and has no effect.
+    """
+
+    def __init__(self, base: Optional[EventBase] = None, options: int = 0) -> None:
+        super().__init__(base, int(options) | _DEFER)
+        self._partner: Optional[PairBufferEvent] = None
+        self._connected = True
+        # shutdown_write() asked for EOF once the output has moved.
+        self._eof_after_output = False
+
+    def __repr__(self) -> str:
+        linked = "linked" if self._partner is not None else "unlinked"
+        return super().__repr__()[:-1] + f" {linked}>"
+
+    def get_partner(self) -> Optional[PairBufferEvent]:
+        """The other end, or None once either end was freed."""
+        return self._partner
+
+    # -- the data path ------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; it reaches the partner at once when it can.
+
+        Raises:
+            BufferEventError: this end was freed.
+            TypeError: ``data`` is not a bytes-like object.
+        """
+        partner = self._partner
+        if (
+            partner is not None
+            and type(data) is bytes
+            and data
+            and not self.output._len
+            and self._enabled & _WRITE
+            and not self._write_suspended
+            and partner._enabled & _READ
+            and not partner._read_suspended
+            and not partner._read_high
+            and not partner._read_cap
+            and partner.input._watcher is None
+            and not partner.input._cbs
+            and not self.output._cbs
+        ):
+            # The hot path (module docstring): same result as queueing
+            # and moving at once, minus the bookkeeping of the round trip.
+            # (The output's write timer only runs while bytes wait, and
+            # none ever wait here.)
+            partner.input._push(data)
+            partner._bytes_read()
+            if self._writecb is not None:
+                self._trigger_write()
+            return
+        BufferEvent.write(self, data)
+
+    def _wants_to_talk(self, dst: PairBufferEvent) -> bool:
+        return bool(
+            self._enabled & _WRITE
+            and not self._write_suspended
+            and dst._enabled & _READ
+            and not dst._read_suspended
+        )
+
+    def _transfer(self, ignore_watermarks: bool = False) -> int:
+        """Move output to the partner's input; returns the bytes moved.
+
+        Without ``ignore_watermarks`` the partner's read high watermark (and
+        a filter's cap) bounds the move.
+        """
+        dst = self._partner
+        out = self.output
+        if dst is None or not out._len:
+            return 0
+        room = -1 if ignore_watermarks else dst._input_room()
+        if not room:
+            return 0
+        moved = out._move_internal(dst.input, room)
+        if moved:
+            dst._bytes_read()
+            if not self._freed:
+                self._trigger_write()
+                if self._eof_after_output and not out._len:
+                    self._send_eof()
+        return moved
+
+    def _send_eof(self, events: int = Event.EOF | Event.READING) -> None:
+        self._eof_after_output = False
+        partner = self._partner
+        if partner is not None:
+            logger.debug("%r: EOF to %r", self, partner)
+            partner._report_event(events)
+            if self._waiting:
+                self._notify()
+
+    # -- hooks --------------------------------------------------------------
+
+    def _kind_start(self, what: int) -> None:
+        partner = self._partner
+        if partner is None:
+            return
+        if what & _WRITE and self._wants_to_talk(partner):
+            self._transfer()
+        if what & _READ and partner._wants_to_talk(self):
+            partner._transfer()
+
+    def _kind_output_grew(self) -> None:
+        partner = self._partner
+        if partner is not None and self._wants_to_talk(partner):
+            self._transfer()
+
+    def _kind_flush(self, what: int, mode: FlushMode) -> int:
+        """NORMAL and FLUSH move everything pending, ignoring watermarks;
+        FINISHED does too and then gives the partner EOF.
+
+        Returns 1 when bytes moved, 0 when none did, -1 when unlinked.
+        """
+        partner = self._partner
+        if partner is None:
+            return -1
+        moved = 0
+        if what & _WRITE:
+            moved += self._transfer(ignore_watermarks=True)
+        if what & _READ:
+            moved += partner._transfer(ignore_watermarks=True)
+        if mode == FlushMode.FINISHED and not self._freed:
+            events = Event.EOF
+            if what & _WRITE:
+                events |= Event.READING  # the partner reads the EOF
+            if what & _READ:
+                events |= Event.WRITING
+            self._send_eof(events)
+        return 1 if moved else 0
+
+    def shutdown_write(self) -> None:
+        """Give the partner EOF (``EOF|READING``) once the output has moved.
+
+        A geventbev extension; for a pair end it is the polite form of
+        ``flush(EV_WRITE, FINISHED)``: bytes still held back by the
+        partner's watermark go first.
+        """
+        self._check_alive()
+        if self.output._len:
+            self._eof_after_output = True
+        else:
+            self._send_eof()
+
+    def _kind_busy(self) -> bool:
+        return self._eof_after_output and self._partner is not None
+
+    def _kind_free(self) -> None:
+        partner = self._partner
+        self._partner = None
+        if partner is not None:
+            logger.debug("%r: unlinked from %r", self, partner)
+            partner._partner = None
+            partner._eof_after_output = False
+            partner._maybe_idle()
+            if partner._waiting:
+                partner._notify()
+
+    def _has_pending_work(self) -> bool:
+        # A pair end has no I/O of its own to wait for: bytes arrive only
+        # when other code writes them, and that code is what dispatch must
+        # wait for, not this end (libevent's dispatch returns too).  Only an
+        # armed timeout is an event still to come.
+        if self._freed:
+            return False
+        return any(
+            timer is not None and timer.armed
+            for timer in (self._read_timer, self._write_timer)
+        )
+
+
+def pair_new(
+    options: int = 0, *, base: Optional[EventBase] = None
+) -> Tuple[PairBufferEvent, PairBufferEvent]:
+    """Create two bufferevents joined in memory.
+
+    Whatever one end writes, the other reads.  Both ends start with
+    writing enabled and reading disabled, like every bufferevent, and both
+    always defer their callbacks (DEFER_CALLBACKS is added).
+
+    Args:
+        options: Option flags for both ends; CLOSE_ON_FREE has no effect.
+        base: the EventBase (default: the hub's).
+
+    Returns:
+        ``(bev0, bev1)``, each the other's partner.
+
+    Raises:
+        TypeError, ValueError: bad ``options`` or ``base``.
+    """
+    first = PairBufferEvent(base, options)
+    second = PairBufferEvent(first.base, options)
+    first._partner, second._partner = second, first
+    return first, second
+
