@@ -242,18 +242,22 @@ class FilterBufferEvent(BufferEvent):
         self._report_event(events, exc)
         self._sync_under_read()
 
-    def _run_input(self, mode: FlushMode) -> int:
-        """Run the input filter until it has nothing more to give now;
-        returns the bytes it produced."""
+    def _run_input(self, mode: FlushMode, forced: bool = False) -> int:
+        """Run the input filter until it has nothing more to give now.
+
+        ``forced`` (a ``flush``) ignores the read high watermark, passes
+        ``dst_limit`` -1 and calls the filter at least once.  Returns the
+        bytes produced, plus 1 if a call returned OK (so 0 means neither).
+        """
         under = self._under
         src, dst = under.input, self.input
-        produced_total = 0
+        produced_total = any_ok = 0
         result: Optional[FilterResult] = _OK
         progressed = False
         self._filtering_input = True
         try:
             while not self._freed and not self._in_failed and not under.freed:
-                if self._read_high:
+                if self._read_high and not forced:
                     limit = self._read_high - len(dst)
                     if limit <= 0:
                         break
@@ -263,6 +267,8 @@ class FilterBufferEvent(BufferEvent):
                 result = self._call_filter(False, src, dst, limit, mode)
                 if result is None:
                     return produced_total
+                if result is _OK:
+                    any_ok = 1
                 produced = len(dst) - dst_before
                 progressed = bool(produced or src_before - len(src))
                 if produced:
@@ -270,12 +276,12 @@ class FilterBufferEvent(BufferEvent):
                     self._bytes_read()
                 if result is _NEED_MORE or not progressed or not len(src):
                     break
-                if mode is _NORMAL and not self._reading_wanted():
+                if not forced and not self._reading_wanted():
                     break
         finally:
             self._filtering_input = False
         if self._freed or under.freed:
-            return produced_total
+            return produced_total + any_ok
         if self._read_high:
             # Lift the read-ahead cap while the filter waits for more than
             # the cap lets in (see the module docstring).
@@ -295,44 +301,51 @@ class FilterBufferEvent(BufferEvent):
             self._eof_delivered = True
             logger.debug("%r: EOF", self)
             self._report_event(Event.EOF | Event.READING)
-        return produced_total
+        return produced_total + any_ok
 
-    def _run_output(self, mode: FlushMode) -> int:
-        """Run the output filter until it has nothing more to give now;
-        returns the bytes it produced."""
+    def _run_output(self, mode: FlushMode, forced: bool = False) -> int:
+        """Run the output filter until it has nothing more to give now.
+
+        ``forced`` (a ``flush`` or the finish of ``shutdown_write``)
+        ignores the underlying's write high watermark and our cap, passes
+        ``dst_limit`` -1 and calls the filter at least once.  Returns the
+        bytes produced, plus 1 if a call returned OK.
+        """
         under = self._under
         src, dst = self.output, under.output
-        produced_total = 0
-        consumed_total = 0
+        produced_total = consumed_total = any_ok = 0
         self._filtering_output = True
         try:
             while not self._freed and not self._out_failed and not under.freed:
-                if mode is _NORMAL and not len(src):
-                    break
-                if under._write_high:
-                    limit = under._write_high - len(dst)
-                    if limit <= 0 and mode is _NORMAL:
+                limit = -1
+                if not forced:
+                    if not len(src):
                         break
-                    limit = max(limit, 0)
-                else:
-                    limit = -1
-                    if mode is _NORMAL and len(dst) >= UNDERLYING_WRITE_CAP:
+                    if under._write_high:
+                        limit = under._write_high - len(dst)
+                        if limit <= 0:
+                            break
+                    elif len(dst) >= UNDERLYING_WRITE_CAP:
                         break
                 src_before, dst_before = len(src), len(dst)
                 result = self._call_filter(True, src, dst, limit, mode)
                 if result is None:
-                    return produced_total
+                    return produced_total + any_ok
+                if result is _OK:
+                    any_ok = 1
                 produced = len(dst) - dst_before
                 consumed = src_before - len(src)
                 produced_total += produced
                 consumed_total += consumed
                 if result is _NEED_MORE or not (produced or consumed) or not len(src):
                     break
+                if not forced and not self._writing_wanted():
+                    break
         finally:
             self._filtering_output = False
         if consumed_total and not self._freed:
             self._trigger_write()
-        return produced_total
+        return produced_total + any_ok
 
     # -- the pumps ----------------------------------------------------------
 
@@ -386,7 +399,7 @@ class FilterBufferEvent(BufferEvent):
         under = self._under
         if self._out_failed or under.freed:
             return
-        self._run_output(_FINISHED)
+        self._run_output(_FINISHED, forced=True)
         if not self._out_failed and not under.freed:
             try:
                 under.shutdown_write()
@@ -482,18 +495,20 @@ class FilterBufferEvent(BufferEvent):
             self._out_wake.set()
 
     def _kind_flush(self, what: int, mode: FlushMode) -> int:
-        """Run the filter(s) with ``mode``, then flush the underlying.
+        """Run the filter(s) with ``mode`` (NORMAL included), then flush
+        the underlying the same way.
 
-        Returns 1 when the filters produced bytes, else the underlying's
-        answer (0, or -1 when it cannot flush)."""
+        Returns 1 when a filter call returned OK or produced bytes, else
+        the underlying's answer (0, or -1 when it cannot flush)."""
         under = self._under
         if under.freed:
             return -1
         produced = 0
+        forced = mode is not _NORMAL
         if what & _READ and not self._filtering_input:
-            produced += self._run_input(mode)
+            produced += self._run_input(mode, forced)
         if what & _WRITE and not self._filtering_output:
-            produced += self._run_output(mode)
+            produced += self._run_output(mode, forced)
         if self._freed or under.freed:
             return 1 if produced else 0
         answer = under.flush(what, mode)

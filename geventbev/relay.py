@@ -15,6 +15,23 @@ Half-close: EOF from one side becomes a write shutdown on the other once
 everything before it has been sent; the connection ends when both
 directions have finished, or at once on an error (after passing on what
 was already read, bounded by ``close_timeout``).
+
+Compression: either side may be a zlib link (``compress_connect`` for the
+backend side, ``compress_listen`` for the client side), so that two relays
+form a compressed tunnel::
+
+    client -> relay A (compress_connect) ==zlib==> relay B (compress_listen)
+           -> backend
+
+A zlib side is its socket bufferevent wrapped in a filter bufferevent
+(``compress.zlib_filter_new``); the relay logic above runs unchanged on
+the filter, which carries the backpressure (it stops feeding its socket
+at 256 KiB, so its own output fills up) and turns a write shutdown into
+the stream's trailer followed by the socket's shutdown.  The payload
+counters ``up``/``down`` count decompressed bytes; ``wire_up`` and
+``wire_down`` count what actually crossed the compressed socket(s), read
+from the socket bufferevents' buffers.  A peer that sends anything but a
+zlib stream ends its connection with an error naming zlib.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ import gevent
 
 from .base import EventBase, get_default_base
 from .bufferevent import BufferEvent
+from .compress import zlib_filter_new
 from .constants import EV_READ, EV_WRITE, Event, Option
 from .errors import BufferEventError
 from .listener import Listener
@@ -85,10 +103,18 @@ class RelayConnection:
     Attributes:
         ident: a small number for log lines.
         client_address: the client's address.
-        up: bytes moved client -> backend.
-        down: bytes moved backend -> client.
+        up: bytes moved client -> backend (payload: decompressed).
+        down: bytes moved backend -> client (payload: decompressed).
+        wire_up: compressed bytes of the up direction on the zlib link(s):
+            received from the client with ``compress_listen``, sent to the
+            backend with ``compress_connect`` (0 without compression).
+        wire_down: likewise for the down direction.
         started: ``time.monotonic()`` at accept.
         reason: why it ended (None while open).
+        client, backend: the bufferevents the relay reads and writes (a
+            filter bufferevent on a zlib side).
+        client_socket, backend_socket: the socket bufferevents under them
+            (the same objects when that side is not compressed).
     """
 
     def __init__(self, relay: Relay, ident: int, sock: Any, address: Any) -> None:
@@ -97,22 +123,28 @@ class RelayConnection:
         self.client_address = address
         self.up = 0
         self.down = 0
+        self.wire_up = 0
+        self.wire_down = 0
         self.started = time.monotonic()
         self.last_activity = self.started
         self.reason: Optional[str] = None
         self._eof_from: set = set()
         self._paused: set = set()
         base = relay.base
-        self.client = socket_new(sock, Option.CLOSE_ON_FREE, base=base)
-        self.backend = socket_new(None, Option.CLOSE_ON_FREE, base=base)
+        self.client_socket = socket_new(sock, Option.CLOSE_ON_FREE, base=base)
+        self.backend_socket = socket_new(None, Option.CLOSE_ON_FREE, base=base)
+        self.client = self._wrap(self.client_socket, relay.compress_listen, True)
+        self.backend = self._wrap(self.backend_socket, relay.compress_connect, False)
         self._peer = {self.client: self.backend, self.backend: self.client}
         for bev in (self.client, self.backend):
             bev.setcb(self._on_read, self._on_write, self._on_event, bev)
-            # Every send is traffic, also while backpressure keeps the
-            # output above its low watermark (no write callback then).
-            bev.output.add_cb(self._on_output_change)
             if relay.idle_timeout:
                 bev.set_timeouts(relay.idle_timeout, relay.idle_timeout)
+        for sock_bev in (self.client_socket, self.backend_socket):
+            # Every send on a socket is traffic, also while backpressure
+            # keeps the output above its low watermark (no write callback
+            # then), or while a filter is still compressing.
+            sock_bev.output.add_cb(self._on_output_change)
         self.client.enable(EV_READ | EV_WRITE)
         self.backend.enable(EV_READ | EV_WRITE)
         self._connect_timer: Any = None
@@ -122,12 +154,35 @@ class RelayConnection:
         host, port = relay.target
         try:
             if _is_ip_literal(host):
-                self.backend.connect((host, port))
+                self.backend_socket.connect((host, port))
             else:
-                self.backend.connect_hostname(host, port)
+                self.backend_socket.connect_hostname(host, port)
         except (BufferEventError, ValueError, TypeError) as exc:
             # Reported by the accept path once the connection is tracked.
             self.reason = f"backend connect failed: {exc}"
+
+    def _wrap(self, sock_bev: BufferEvent, compress: bool, client: bool) -> BufferEvent:
+        """``sock_bev`` itself, or a zlib filter over it that counts the
+        compressed bytes into ``wire_up``/``wire_down``."""
+        if not compress:
+            return sock_bev
+        sock_bev.input.add_cb(self._count_wire_in, client)
+        sock_bev.output.add_cb(self._count_wire_out, client)
+        return zlib_filter_new(sock_bev, Option.CLOSE_ON_FREE)
+
+    def _count_wire_in(self, buf: Any, info: Any, client: bool) -> None:
+        # Received compressed bytes: the client's go up, the backend's down.
+        if client:
+            self.wire_up += info.n_added
+        else:
+            self.wire_down += info.n_added
+
+    def _count_wire_out(self, buf: Any, info: Any, client: bool) -> None:
+        # Sent compressed bytes (the socket drained them from its output).
+        if client:
+            self.wire_down += info.n_deleted
+        else:
+            self.wire_up += info.n_deleted
 
     def _on_output_change(self, buf: Any, info: Any, ctx: Any) -> None:
         if info.n_deleted:
@@ -200,7 +255,7 @@ class RelayConnection:
             return
         # ERROR: pass on what we already have, then end the connection.
         error = bev.get_error()
-        if bev is self.backend and not bev.connected:
+        if bev is self.backend and not self.backend_socket.connected:
             self.close(f"backend connect failed: {error}")
             return
         if len(bev.input):
@@ -262,12 +317,19 @@ class Relay:
             fails.
         connect_timeout: seconds a backend connect may take before the
             client is closed (None: as long as the kernel tries).
+        compress_connect: zlib-compress the connection to ``target`` (its
+            peer must be a relay with ``compress_listen``).
+        compress_listen: the accepted clients speak zlib (each must be a
+            relay with ``compress_connect``).
         on_close: called with each RelayConnection when it ends.
 
     Attributes:
         address: the bound listening address.
         connections: the open RelayConnections.
         total_up, total_down: bytes relayed by connections that ended.
+        total_wire_up, total_wire_down: compressed bytes on the zlib
+            link(s) of connections that ended.
+        compressing: True when either side is a zlib link.
     """
 
     def __init__(
@@ -279,6 +341,8 @@ class Relay:
         pause_above: int = DEFAULT_PAUSE_ABOVE,
         close_timeout: float = 10.0,
         connect_timeout: Optional[float] = 10.0,
+        compress_connect: bool = False,
+        compress_listen: bool = False,
         on_close: Optional[Callable[[RelayConnection], None]] = None,
         base: Optional[EventBase] = None,
     ) -> None:
@@ -297,10 +361,15 @@ class Relay:
                 f"connect_timeout must be > 0 seconds, got {connect_timeout!r}"
             )
         self.connect_timeout = connect_timeout
+        self.compress_connect = bool(compress_connect)
+        self.compress_listen = bool(compress_listen)
+        self.compressing = self.compress_connect or self.compress_listen
         self.on_close = on_close
         self.connections: set = set()
         self.total_up = 0
         self.total_down = 0
+        self.total_wire_up = 0
+        self.total_wire_down = 0
         self.accepted = 0
         self._ids = itertools.count(1)
         self._listener = Listener(self._accept, listen, base=self.base)
@@ -320,26 +389,59 @@ class Relay:
         self.connections.discard(conn)
         self.total_up += conn.up
         self.total_down += conn.down
+        self.total_wire_up += conn.wire_up
+        self.total_wire_down += conn.wire_down
         seconds = time.monotonic() - conn.started
+        wire = ""
+        if self.compressing:
+            wire = "; " + self.wire_summary(
+                conn.up, conn.down, conn.wire_up, conn.wire_down
+            )
         logger.info(
-            "#%d %s closed: up %d bytes, down %d bytes, %.3f s (%s)",
+            "#%d %s closed: up %d bytes, down %d bytes, %.3f s (%s)%s",
             conn.ident,
             format_hostport(conn.client_address),
             conn.up,
             conn.down,
             seconds,
             conn.reason,
+            wire,
         )
         if self.on_close is not None:
             self.on_close(conn)
 
+    def wire_summary(self, up: int, down: int, wire_up: int, wire_down: int) -> str:
+        """The log-line clause comparing payload and zlib wire bytes."""
+        where = {
+            (True, False): "zlib link to backend",
+            (False, True): "zlib link to client",
+            (True, True): "zlib links to both sides",
+        }[(self.compress_connect, self.compress_listen)]
+        payload = up + down
+        if self.compress_connect and self.compress_listen:
+            payload *= 2  # each byte crosses two compressed links
+        share = f"{100.0 * (wire_up + wire_down) / payload:.1f}%" if payload else "-"
+        return (
+            f"{where}: wire up {wire_up} bytes, down {wire_down} "
+            f"bytes, {share} of payload"
+        )
+
     def stats(self) -> dict:
-        """Counters for the stats line: connections and bytes so far."""
+        """Counters for the stats line: connections and bytes so far.
+
+        Returns:
+            ``active``, ``accepted``, payload ``up`` and ``down`` bytes,
+            and ``wire_up``/``wire_down``: the compressed bytes on the
+            zlib link(s), 0 when the relay does not compress.
+        """
         return {
             "active": len(self.connections),
             "accepted": self.accepted,
             "up": self.total_up + sum(c.up for c in self.connections),
             "down": self.total_down + sum(c.down for c in self.connections),
+            "wire_up": self.total_wire_up + sum(c.wire_up for c in self.connections),
+            "wire_down": self.total_wire_down
+            + sum(c.wire_down for c in self.connections),
         }
 
     def stop_accepting(self) -> None:
