@@ -77,27 +77,41 @@ class PairBufferEvent(BufferEvent):
             TypeError: ``data`` is not a bytes-like object.
         """
         partner = self._partner
+        out = self.output
         if (
             partner is not None
             and type(data) is bytes
             and data
-            and not self.output._len
+            and not out._len
             and self._enabled & _WRITE
-            and not self._write_suspended
             and partner._enabled & _READ
-            and not partner._read_suspended
-            and not partner._read_high
-            and not partner._read_cap
-            and partner.input._watcher is None
-            and not partner.input._cbs
-            and not self.output._cbs
+            and not (
+                self._write_suspended
+                or partner._read_suspended
+                or partner._read_high
+                or partner._read_cap
+                or out._cbs
+                or partner.input._cbs
+                or partner.input._watcher is not None
+            )
         ):
             # The hot path (module docstring): same result as queueing
             # and moving at once, minus the bookkeeping of the round trip.
             # (The output's write timer only runs while bytes wait, and
             # none ever wait here.)
             partner.input._push(data)
-            partner._bytes_read()
+            if partner._read_timer is None and not partner._read_low:
+                # _bytes_read() and _trigger_read() inlined: with no timer,
+                # watermark or waiter there is only the read callback to
+                # queue.
+                if partner._readcb is not None:
+                    partner._pending_read = True
+                    if not partner._deferred_queued:
+                        partner._queue_deferred()
+                if partner._waiting:
+                    partner._notify()
+            else:
+                partner._bytes_read()
             if self._writecb is not None:
                 self._trigger_write()
             return
@@ -244,4 +258,3 @@ def pair_new(
     second = PairBufferEvent(first.base, options)
     first._partner, second._partner = second, first
     return first, second
-
