@@ -2,7 +2,9 @@
 
 ``relay`` forwards every connection accepted on ``--listen`` to
 ``--connect``, with watermark backpressure and half-close passed through,
-and logs one line per connection when it closes.  ``demo`` starts a local
+and logs one line per connection when it closes.  ``--compress-connect``
+and ``--compress-listen`` make either side a zlib link, so that two relays
+form a compressed tunnel.  ``demo`` starts a local
 backend, a relay in front of it and several clients, all on loopback in
 this process, and prints what each client moved and how fast.
 """
@@ -148,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: close them at once)",
     )
     relay.add_argument(
+        "--compress-connect",
+        action="store_true",
+        help="zlib-compress the connection to --connect; the backend must "
+        "be a relay run with --compress-listen",
+    )
+    relay.add_argument(
+        "--compress-listen",
+        action="store_true",
+        help="accepted clients speak zlib: each must be a relay run with "
+        "--compress-connect (anything else is closed with an error)",
+    )
+    relay.add_argument(
         "--stats-interval",
         type=_positive_float,
         metavar="S",
@@ -195,6 +209,8 @@ def run_relay(args: argparse.Namespace) -> int:
             args.connect,
             idle_timeout=args.idle_timeout,
             connect_timeout=args.connect_timeout,
+            compress_connect=args.compress_connect,
+            compress_listen=args.compress_listen,
             on_close=lambda conn: relay.connections or all_closed.set(),
         )
     except OSError as exc:
@@ -208,7 +224,7 @@ def run_relay(args: argparse.Namespace) -> int:
     # The one line scripts wait for: where we listen (port 0 resolved).
     print(
         f"relay listening on {format_hostport(relay.address)} -> "
-        f"{format_hostport(args.connect)}",
+        f"{format_hostport(args.connect)}{_zlib_note(relay)}",
         flush=True,
     )
     stats = None
@@ -237,15 +253,38 @@ def run_relay(args: argparse.Namespace) -> int:
         relay.close()
         totals = relay.stats()
         logger.info(
-            "relay stopped: %d connection%s, up %d bytes, down %d bytes",
+            "relay stopped: %d connection%s, up %d bytes, down %d bytes%s",
             totals["accepted"],
             "" if totals["accepted"] == 1 else "s",
             totals["up"],
             totals["down"],
+            _wire_clause(relay, totals),
         )
         for handler in handlers:
             handler.cancel()
     return 0
+
+
+def _zlib_note(relay: Relay) -> str:
+    """The banner's note on which sides are zlib links ('' for none)."""
+    sides = [
+        name
+        for name, on in (
+            ("client side", relay.compress_listen),
+            ("backend side", relay.compress_connect),
+        )
+        if on
+    ]
+    return f" (zlib on the {' and '.join(sides)})" if sides else ""
+
+
+def _wire_clause(relay: Relay, totals: dict) -> str:
+    """'; <wire bytes>' for the stats lines of a compressing relay."""
+    if not relay.compressing:
+        return ""
+    return "; " + relay.wire_summary(
+        totals["up"], totals["down"], totals["wire_up"], totals["wire_down"]
+    )
 
 
 def _log_stats_forever(relay: Relay, interval: float) -> None:
@@ -253,11 +292,12 @@ def _log_stats_forever(relay: Relay, interval: float) -> None:
         gevent.sleep(interval)
         totals = relay.stats()
         logger.info(
-            "stats: %d active, %d accepted, up %d bytes, down %d bytes",
+            "stats: %d active, %d accepted, up %d bytes, down %d bytes%s",
             totals["active"],
             totals["accepted"],
             totals["up"],
             totals["down"],
+            _wire_clause(relay, totals),
         )
 
 

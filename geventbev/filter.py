@@ -363,6 +363,7 @@ class FilterBufferEvent(BufferEvent):
         while not self._freed:
             if not self._wants_input_run():
                 runs = 0
+                self._maybe_idle()
                 wake.wait()
                 continue
             self._in_dirty = False
@@ -380,6 +381,7 @@ class FilterBufferEvent(BufferEvent):
                 self._out_dirty and (self._writing_wanted() or self._shutdown_pending)
             ):
                 runs = 0
+                self._maybe_idle()
                 wake.wait()
                 continue
             self._out_dirty = False
@@ -536,6 +538,22 @@ class FilterBufferEvent(BufferEvent):
 
     def _kind_io_greenlet(self, direction: int) -> Any:
         return self._reader if direction == _READ else self._writer
+
+    def _has_pending_work(self) -> bool:
+        # The underlying is on the same base and speaks for its own I/O;
+        # a filter only adds its timeouts and the work its pumps hold.
+        if self._freed:
+            return False
+        if any(
+            timer is not None and timer.armed
+            for timer in (self._read_timer, self._write_timer)
+        ):
+            return True
+        return (
+            self._wants_input_run()
+            or (self._out_dirty and bool(len(self.output)) and self._writing_wanted())
+            or self._shutdown_pending
+        )
 
     def _kind_busy(self) -> bool:
         under = self._under
