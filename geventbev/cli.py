@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Relay every TCP connection accepted on --listen to "
         "--connect, with backpressure (1 MiB per direction) and half-close "
         "passed through.  One INFO line per connection on close gives the "
-        "bytes moved up (client to backend) and down (backend to client).  "
+        "bytes moved up (client to backend) and down (backend to client), "
+        "and with --compress-* also the compressed bytes on the wire.  "
         "SIGINT or SIGTERM stops it (exit 0); open connections are closed, "
         "at once or after --drain-timeout.",
     )

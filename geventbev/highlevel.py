@@ -410,10 +410,14 @@ class BufferEventSocket:
     def _sockcall(self, name: str) -> Any:
         if self._closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        fn = getattr(self.bev, name, None)
-        if fn is None:
-            raise OSError(f"{type(self.bev).__name__} has no {name}")
-        return fn()
+        # A filter has no socket of its own: ask the layers below it.
+        layer: Optional[BufferEvent] = self.bev
+        while layer is not None:
+            fn = getattr(layer, name, None)
+            if fn is not None:
+                return fn()
+            layer = layer.get_underlying()
+        raise OSError(f"{type(self.bev).__name__} has no {name}")
 
     def makefile(
         self,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -265,3 +267,105 @@ def test_demo_rejects_sizes_out_of_range(
 ) -> None:
     err = parse_error(capsys, ["demo", *argv])
     assert message in err
+
+
+# -- compression flags ------------------------------------------------------
+
+
+def test_compress_flags_default_to_off() -> None:
+    args = cli.build_parser().parse_args(
+        ["relay", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:9"]
+    )
+    assert (args.compress_connect, args.compress_listen) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--compress-connect"], (True, False)),
+        (["--compress-listen"], (False, True)),
+        (["--compress-listen", "--compress-connect"], (True, True)),
+    ],
+)
+def test_compress_flags_parse(flags: list, expected: tuple) -> None:
+    args = cli.build_parser().parse_args(
+        ["relay", "--listen", "127.0.0.1:0", "--connect", "127.0.0.1:9", *flags]
+    )
+    assert (args.compress_connect, args.compress_listen) == expected
+
+
+def test_compress_flags_take_no_value(capsys: pytest.CaptureFixture) -> None:
+    err = parse_error(
+        capsys,
+        [
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+            "--compress-connect=yes",
+        ],
+    )
+    assert "argument --compress-connect: ignored explicit argument 'yes'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "note", "clause"),
+    [
+        ([], "", ""),
+        (
+            ["--compress-connect"],
+            " (zlib on the backend side)",
+            "; zlib link to backend: wire up 0 bytes, down 0 bytes, - of payload",
+        ),
+        (
+            ["--compress-listen", "--compress-connect"],
+            " (zlib on the client side and backend side)",
+            "; zlib links to both sides: wire up 0 bytes, down 0 bytes, - of payload",
+        ),
+    ],
+)
+def test_compress_flags_reach_the_relay(flags: list, note: str, clause: str) -> None:
+    """The banner names the zlib sides and the final line adds wire bytes."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geventbev",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=str(REPO_ROOT),
+    )
+    try:
+        # The banner is one print; wait for it with a bound, then read it.
+        ready, _, _ = select.select([proc.stdout], [], [], 15.0)
+        assert ready, "no banner within 15 s"
+        banner = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
+    expected = (
+        rf"relay listening on 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:9{re.escape(note)}"
+    )
+    assert re.fullmatch(expected + "\n", banner), banner
+    assert err.rstrip().endswith(
+        "relay stopped: 0 connections, up 0 bytes, down 0 bytes" + clause
+    )
