@@ -686,13 +686,18 @@ class BufferEvent:
             self._notify()
 
     def _report_event(
-        self, events: int, error: Optional[BaseException] = None, options: int = 0
+        self,
+        events: int,
+        error: Optional[BaseException] = None,
+        options: int = 0,
+        disable: bool = True,
     ) -> None:
         """Record an event for the blocking style and deliver it to eventcb
         (``options`` may ask for deferral).
 
         EOF and ERROR on a direction disable that direction first, as in
-        libevent.
+        libevent's socket code, unless ``disable`` is False (a pair's EOF
+        from ``flush(..., FINISHED)`` leaves the partner's state alone).
         """
         if self._freed:
             return
@@ -703,7 +708,7 @@ class BufferEvent:
         if events & Event.ERROR:
             self._error = error
             self._error_events = events
-        if events & (Event.EOF | Event.ERROR):
+        if disable and events & (Event.EOF | Event.ERROR):
             direction = 0
             if events & Event.READING:
                 direction |= EV_READ

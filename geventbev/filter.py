@@ -28,16 +28,17 @@ libevent passes the EOF on at once).
 Backpressure.  Reading on the underlying is suspended (SUSPEND_FILT_READ)
 while the filter does not want data: reading disabled, the filter's input
 at its read high watermark, or the input direction failed.  While the
-filter has a read high watermark, the underlying also reads at most
-``UNDERLYING_READ_CAP`` bytes ahead (libevent's 16 KiB read size) so that
-a filter that stops taking bytes leaves the rest in the kernel rather than
-in memory; the cap is lifted while the input filter asks for more than
-that (NEED_MORE with the cap reached), which would otherwise never end.
-On the way out the output filter gets ``dst_limit`` from the underlying's
-write high watermark; without one the pump stops feeding the underlying
-at ``UNDERLYING_WRITE_CAP`` bytes and goes on when the underlying's write
-callback says it drained, so the filter's own output (and the user's
-watermarks on it) carries the backpressure.
+filter has a read high watermark, the underlying also reads ahead no more
+than that many bytes, and no less than ``UNDERLYING_READ_CAP`` (libevent's
+16 KiB read size), so that a filter that stops taking bytes leaves the
+rest in the kernel rather than in memory; the cap is lifted while the
+input filter asks for more than that (NEED_MORE with the cap reached),
+which would otherwise never end.  On the way out the output filter gets
+``dst_limit`` from the underlying's write high watermark; without one the
+pump stops feeding the underlying at ``UNDERLYING_WRITE_CAP`` bytes and
+goes on when the underlying's write callback says it drained, so the
+filter's own output (and the user's watermarks on it) carries the
+backpressure.
 
 Failures.  A filter that returns ERROR, raises, or returns something that
 is not a FilterResult stops its direction: the user gets ERROR|READING or
@@ -85,8 +86,8 @@ __all__ = ["FilterBufferEvent", "filter_new"]
 
 FilterFunction = Callable[[Buffer, Buffer, int, FlushMode, Any], Any]
 
-# Bytes the underlying may read ahead while the filter has a read high
-# watermark (see the module docstring).
+# The least the underlying may read ahead while the filter has a read high
+# watermark (see the module docstring and _read_ahead_cap).
 UNDERLYING_READ_CAP = LIBEVENT_MAX_SINGLE_DEFAULT
 # Bytes the output pump leaves queued in an underlying that has no write
 # high watermark of its own before it waits for the underlying to drain.
@@ -172,6 +173,8 @@ class FilterBufferEvent(BufferEvent):
         self._shutdown_pending = False
         self._filtering_output = False  # guards against re-entry by flush
         self._filtering_input = False
+        self._flushing = False  # inside _kind_flush
+        self._release_pending = False  # freed during a flush (_kind_flush)
         hub = self.base.hub
         self._in_wake = _Wakeup(hub)
         self._out_wake = _Wakeup(hub)
@@ -285,10 +288,9 @@ class FilterBufferEvent(BufferEvent):
         if self._read_high:
             # Lift the read-ahead cap while the filter waits for more than
             # the cap lets in (see the module docstring).
-            starving = (result is _NEED_MORE or not progressed) and len(
-                src
-            ) >= UNDERLYING_READ_CAP
-            under._read_cap = 0 if starving else UNDERLYING_READ_CAP
+            cap = self._read_ahead_cap()
+            starving = (result is _NEED_MORE or not progressed) and len(src) >= cap
+            under._read_cap = 0 if starving else cap
         self._sync_under_read()
         if (
             self._under_eof
@@ -346,6 +348,20 @@ class FilterBufferEvent(BufferEvent):
         if consumed_total and not self._freed:
             self._trigger_write()
         return produced_total + any_ok
+
+    def _read_ahead_cap(self) -> int:
+        """How much the underlying may read ahead while this filter has a
+        read high watermark: as much as the filter holds, and at least
+        libevent's 16 KiB read."""
+        return max(UNDERLYING_READ_CAP, self._read_high)
+
+    def setwatermark(self, what: int, low: int, high: int) -> None:
+        """As for every bufferevent; a read high watermark also caps how far
+        the underlying reads ahead (module docstring)."""
+        super().setwatermark(what, low, high)
+        if what & _READ and not self._under.freed:
+            self._under._read_cap = self._read_ahead_cap() if high else 0
+            self._sync_under_read()
 
     # -- the pumps ----------------------------------------------------------
 
@@ -439,8 +455,13 @@ class FilterBufferEvent(BufferEvent):
         if len(self.output) or self._shutdown_pending:
             self._out_dirty = True
             self._out_wake.set()
-        if self._waiting:
-            self._notify()  # drain() waits for the underlying too
+        # drain() waits for the underlying too, also on the filters stacked
+        # on this one.
+        layer: Optional[BufferEvent] = self
+        while layer is not None:
+            if layer._waiting:
+                layer._notify()
+            layer = layer._upper
         if not len(under.output):
             self._maybe_idle()
 
@@ -507,13 +528,22 @@ class FilterBufferEvent(BufferEvent):
             return -1
         produced = 0
         forced = mode is not _NORMAL
-        if what & _READ and not self._filtering_input:
-            produced += self._run_input(mode, forced)
-        if what & _WRITE and not self._filtering_output:
-            produced += self._run_output(mode, forced)
-        if self._freed or under.freed:
-            return 1 if produced else 0
-        answer = under.flush(what, mode)
+        # A callback run by the filters below may free this filter; the
+        # underlying is then released only after the flush went down to it
+        # (what was handed over must still be pushed through, case C08).
+        outer = not self._flushing
+        self._flushing = True
+        try:
+            if what & _READ and not self._filtering_input:
+                produced += self._run_input(mode, forced)
+            if what & _WRITE and not self._filtering_output:
+                produced += self._run_output(mode, forced)
+            answer = under.flush(what, mode) if not under.freed else 0
+        finally:
+            if outer:
+                self._flushing = False
+                if self._freed and self._release_pending:
+                    self._release_underlying()
         return 1 if produced else answer
 
     def shutdown_write(self) -> None:
@@ -581,6 +611,15 @@ class FilterBufferEvent(BufferEvent):
                 free_context(self._filter_ctx)
             except Exception:
                 self.base.hub.handle_error(self, *sys.exc_info())
+        self._release_pending = True
+        if not self._flushing:
+            self._release_underlying()
+
+    def _release_underlying(self) -> None:
+        """Give the underlying back (or free it, with CLOSE_ON_FREE, once it
+        has sent what it holds)."""
+        self._release_pending = False
+        under = self._under
         if under.freed:
             return
         if under._upper is self:

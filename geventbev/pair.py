@@ -88,33 +88,39 @@ class PairBufferEvent(BufferEvent):
             and not (
                 self._write_suspended
                 or partner._read_suspended
-                or partner._read_high
                 or partner._read_cap
                 or out._cbs
                 or partner.input._cbs
-                or partner.input._watcher is not None
             )
         ):
-            # The hot path (module docstring): same result as queueing
+            # The hot path (module docstring): the same result as queueing
             # and moving at once, minus the bookkeeping of the round trip.
-            # (The output's write timer only runs while bytes wait, and
-            # none ever wait here.)
-            partner.input._push(data)
-            if partner._read_timer is None and not partner._read_low:
-                # _bytes_read() and _trigger_read() inlined: with no timer,
-                # watermark or waiter there is only the read callback to
-                # queue.
-                if partner._readcb is not None:
-                    partner._pending_read = True
-                    if not partner._deferred_queued:
-                        partner._queue_deferred()
-                if partner._waiting:
-                    partner._notify()
-            else:
-                partner._bytes_read()
-            if self._writecb is not None:
-                self._trigger_write()
-            return
+            # The input's own watcher only acts on removals, so skipping it
+            # for this append loses nothing; the output's write timer only
+            # runs while bytes wait, and none wait here.
+            pin = partner.input
+            high = partner._read_high
+            if not high or pin._len + len(data) <= high:
+                pin._push(data)
+                if partner._read_timer is None and not partner._read_low:
+                    # partner._bytes_read() inlined for the common case.
+                    if high and pin._len >= high:
+                        partner._check_read_high()
+                    if partner._readcb is not None:
+                        partner._pending_read = True
+                        if not partner._deferred_queued:
+                            partner._queue_deferred()
+                    if partner._waiting:
+                        partner._notify()
+                else:
+                    partner._bytes_read()
+                if self._writecb is not None:
+                    # _trigger_write() inlined: the output is empty, so at
+                    # or below any write low watermark.
+                    self._pending_write = True
+                    if not self._deferred_queued:
+                        self._queue_deferred()
+                return
         BufferEvent.write(self, data)
 
     def _wants_to_talk(self, dst: PairBufferEvent) -> bool:
@@ -152,7 +158,9 @@ class PairBufferEvent(BufferEvent):
         partner = self._partner
         if partner is not None:
             logger.debug("%r: EOF to %r", self, partner)
-            partner._report_event(events)
+            # libevent leaves the partner's directions as they are: it may
+            # go on reading whatever is written later (case C06).
+            partner._report_event(events, disable=False)
             if self._waiting:
                 self._notify()
 

@@ -106,13 +106,6 @@ def _check_c06_transfers(bev1: Any, bev2: Any) -> None:
     assert bytes(bev2.input) == b"p" * 5000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: the EOF a FINISHED flush gives a pair end disables its "
-        "reading (libevent leaves it enabled), so step (2) moves nothing"
-    ),
-)
 def test_c06_watermark_and_flush_after_the_eof(record, run_until):
     """(1) then (2)-(4) on the same pair, as the case runs them."""
     bev1, bev2 = pair_new()
@@ -313,15 +306,6 @@ def test_c08b_free_after_finished_flush_keeps_every_byte(tcp_peer, run_until):
     assert run_until(lambda: case.under.freed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: FilterBufferEvent._kind_flush skips the underlying's "
-        "flush when the write callback freed the filter during the flush "
-        "(libevent still forwards it); a holding filter below then never "
-        "sees FINISHED"
-    ),
-)
 def test_c08b_finished_flush_is_forwarded_to_the_underlying(tcp_peer):
     """(b) The FINISHED flush goes on to the underlying bufferevent, even
     though the write callback freed the filter during it."""

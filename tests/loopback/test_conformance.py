@@ -15,8 +15,7 @@ every kind registered in ``KINDS``:
 The peer is always a plain socket bufferevent or pair end, so a failure
 points at the kind under test.  To add a kind (TLS, once geventbev has it),
 register a factory with ``@_kind("name")`` that returns an ``Ends``; every
-test then runs on it.  The ``tls-socket`` entry below is that hook: it
-skips until ``geventbev.openssl_socket_new`` exists.
+test then runs on it.
 """
 
 from __future__ import annotations
@@ -199,16 +198,6 @@ def _filter_filter_socket(socks: _Sockets) -> Ends:
     middle = filter_new(under, None, None, CLOSE)
     top = filter_new(middle, None, None, CLOSE)
     return Ends("filter-filter-socket", [top, middle, under], peer)
-
-
-@_kind("tls-socket")
-def _tls_socket(socks: _Sockets) -> Ends:
-    """The hook for TLS: make both ends with ``openssl_socket_new`` (a
-    self-signed pyOpenSSL context on the server, OPEN state once the
-    handshake is done) and return them like ``_socket_tcp`` does."""
-    if not hasattr(geventbev, "openssl_socket_new"):
-        pytest.skip("geventbev has no TLS bufferevents yet")
-    raise NotImplementedError("write the TLS factory now that TLS exists")
 
 
 @pytest.fixture(params=list(KINDS))
@@ -493,17 +482,7 @@ def test_write_all_returns_once_output_is_at_write_low(ends):
     assert reader.get(timeout=5) == data
 
 
-DRAIN_MISSES_WAKEUP = (
-    "library bug: drain() on a filter over a filter never wakes when the "
-    "socket at the bottom empties last (the middle filter tells nobody above)"
-)
-
-
-@pytest.mark.parametrize(
-    "ends",
-    kinds_with_known_bugs({"filter-filter-socket": DRAIN_MISSES_WAKEUP}),
-    indirect=True,
-)
+@pytest.mark.parametrize("ends", kinds_with_known_bugs({}), indirect=True)
 def test_drain_returns_once_everything_was_handed_over(ends):
     ours, peer = ends.ours, ends.peer
     data = payload(1 << 20)
