@@ -29,7 +29,6 @@ import gevent
 import gevent.socket
 import pytest
 
-import geventbev
 from geventbev import (
     EOL,
     EV_READ,
