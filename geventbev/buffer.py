@@ -1036,6 +1036,14 @@ class Buffer:
             chunks.popleft()
             self._off = 0
             return first[off:] if off else first
+        if not self._len:
+            # Everything goes: join the deque itself (one copy, no per-chunk
+            # Python work) and start a fresh one.
+            if off:
+                chunks[0] = memoryview(first)[off:]  # type: ignore[call-overload]
+            self._chunks = type(chunks)()
+            self._off = 0
+            return b"".join(chunks)
         # The bytes span chunks: collect views and copy once with join.
         chunks.popleft()
         parts: list[Any] = [memoryview(first)[off:]]

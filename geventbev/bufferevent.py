@@ -444,9 +444,9 @@ class BufferEvent:
         self._check_alive()
         self._enabled |= int(what)
         if what & _READ and not self._read_suspended:
-            self._kind_start(EV_READ)
+            self._kind_start(_READ)
         if what & _WRITE and not self._write_suspended:
-            self._kind_start(EV_WRITE)
+            self._kind_start(_WRITE)
         self._update_timers(restart=what)
 
     def disable(self, what: int) -> None:
@@ -467,23 +467,23 @@ class BufferEvent:
             was = self._read_suspended
             self._read_suspended |= reason
             if not was:
-                self._kind_stop(EV_READ)
+                self._kind_stop(_READ)
         if what & _WRITE:
             was = self._write_suspended
             self._write_suspended |= reason
             if not was:
-                self._kind_stop(EV_WRITE)
+                self._kind_stop(_WRITE)
         self._update_timers()
 
     def _unsuspend(self, what: int, reason: int) -> None:
         if what & _READ and self._read_suspended & reason:
             self._read_suspended &= ~reason
             if not self._read_suspended and self._enabled & _READ:
-                self._kind_start(EV_READ)
+                self._kind_start(_READ)
         if what & _WRITE and self._write_suspended & reason:
             self._write_suspended &= ~reason
             if not self._write_suspended and self._enabled & _WRITE:
-                self._kind_start(EV_WRITE)
+                self._kind_start(_WRITE)
         self._update_timers()
 
     def _has_pending_work(self) -> bool:
@@ -539,7 +539,7 @@ class BufferEvent:
                 self._check_read_high()
             else:
                 self.input._watcher = None
-                self._unsuspend(EV_READ, SUSPEND_WM)
+                self._unsuspend(_READ, SUSPEND_WM)
 
     def getwatermark(self, what: int) -> tuple:
         """Return ``(low, high)`` for exactly one of EV_READ or EV_WRITE."""
@@ -553,9 +553,9 @@ class BufferEvent:
     def _check_read_high(self) -> None:
         if self._read_high and len(self.input) >= self._read_high:
             if not self._read_suspended & SUSPEND_WM:
-                self._suspend(EV_READ, SUSPEND_WM)
+                self._suspend(_READ, SUSPEND_WM)
         elif self._read_suspended & SUSPEND_WM:
-            self._unsuspend(EV_READ, SUSPEND_WM)
+            self._unsuspend(_READ, SUSPEND_WM)
 
     def _on_input_changed(self, n_added: int, n_deleted: int) -> None:
         if n_deleted and not self._freed:
@@ -608,7 +608,7 @@ class BufferEvent:
         the cap of a filter on top (the filter lifts the latter)."""
         self._check_read_high()
         if self._read_cap and len(self.input) >= self._read_cap:
-            self._suspend(EV_READ, SUSPEND_FILT_READ)
+            self._suspend(_READ, SUSPEND_FILT_READ)
 
     # -- timeouts -----------------------------------------------------------
 
@@ -680,7 +680,7 @@ class BufferEvent:
         if self._read_high and len(self.input) >= self._read_high:
             self._check_read_high()
         if self._read_cap and len(self.input) >= self._read_cap:
-            self._suspend(EV_READ, SUSPEND_FILT_READ)
+            self._suspend(_READ, SUSPEND_FILT_READ)
         self._trigger_read()
         if self._waiting:
             self._notify()

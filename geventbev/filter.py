@@ -441,9 +441,9 @@ class FilterBufferEvent(BufferEvent):
         )
         if want:
             if under._read_suspended & SUSPEND_FILT_READ:
-                under._unsuspend(EV_READ, SUSPEND_FILT_READ)
+                under._unsuspend(_READ, SUSPEND_FILT_READ)
         elif not under._read_suspended & SUSPEND_FILT_READ:
-            under._suspend(EV_READ, SUSPEND_FILT_READ)
+            under._suspend(_READ, SUSPEND_FILT_READ)
 
     # -- the underlying's callbacks -----------------------------------------
 
@@ -475,7 +475,9 @@ class FilterBufferEvent(BufferEvent):
             self._in_dirty = True
             self._in_wake.set()
             events &= ~(_EOF | _READING)
-            if not events & ~_WRITING:
+            if events & _WRITING:
+                events |= _EOF  # the writing side ended too: pass that on
+            elif not events:
                 return
         if events & _ERROR and events & _READING and len(under.input):
             # Bytes that arrived before the error are the user's too.
@@ -534,9 +536,18 @@ class FilterBufferEvent(BufferEvent):
         outer = not self._flushing
         self._flushing = True
         try:
-            if what & _READ and not self._filtering_input:
+            # NORMAL runs only a direction that is wanted, as in libevent.
+            if (
+                what & _READ
+                and not self._filtering_input
+                and (forced or self._reading_wanted())
+            ):
                 produced += self._run_input(mode, forced)
-            if what & _WRITE and not self._filtering_output:
+            if (
+                what & _WRITE
+                and not self._filtering_output
+                and (forced or self._writing_wanted())
+            ):
                 produced += self._run_output(mode, forced)
             answer = under.flush(what, mode) if not under.freed else 0
         finally:
@@ -627,7 +638,7 @@ class FilterBufferEvent(BufferEvent):
             under.setcb(None, None, None)
         under._read_cap = 0
         if not self._options & _CLOSE_ON_FREE:
-            under._unsuspend(EV_READ, SUSPEND_FILT_READ)
+            under._unsuspend(_READ, SUSPEND_FILT_READ)
             return
         if len(under.output) or not under._kind_output_settled():
             gevent.spawn(_drain_then_free, under)
