@@ -1010,15 +1010,17 @@ class BufferEvent:
             return b""
         if max_bytes < -1:
             raise ValueError(f"max_bytes must be -1 or >= 0, got {max_bytes}")
-        deadline = self._deadline(timeout)
-        self._ensure_reading()
-        while not len(self.input):
+        deadline = self._deadline(timeout) if timeout is not None else None
+        inp = self.input
+        if self._freed or not self._enabled & _READ:
+            self._ensure_reading()
+        while not inp._len:
             self._raise_if_failed("read")
             if self._eof:
                 return b""
             self._ensure_reading()
             self._wait_change(deadline, "data")
-        return self.input.remove(len(self.input) if max_bytes < 0 else max_bytes)
+        return inp._remove_internal(inp._len if max_bytes < 0 else max_bytes)
 
     def read_exactly(self, n: int, timeout: Optional[float] = None) -> bytes:
         """Block until ``n`` bytes arrived, then remove and return them.
@@ -1140,14 +1142,16 @@ class BufferEvent:
             BufferEventError: an ERROR event or free came first.
             TimeoutError: output still above write-low after ``timeout``.
         """
-        deadline = self._deadline(timeout)
+        deadline = self._deadline(timeout) if timeout is not None else None
         self.write(data)
         if not self._enabled & _WRITE:
             self.enable(EV_WRITE)
-        while len(self.output) > self._write_low:
+        out = self.output
+        while out._len > self._write_low:
             self._raise_if_failed("write_all")
             self._wait_change(deadline, "output to drain", _WRITE)
-        self._raise_if_failed("write_all")
+        if self._error_events or self._freed:
+            self._raise_if_failed("write_all")
 
     def drain(self, timeout: Optional[float] = None) -> None:
         """Block until output is empty and handed to the transport.
