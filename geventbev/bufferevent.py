@@ -257,6 +257,10 @@ class BufferEvent:
         self._freed = False
         # Set when the transport is gone for good (a failed connect).
         self._dead = False
+        # Why nothing can ever move any more without that being an error
+        # event (a pair end whose partner was freed); blocking calls that
+        # would wait forever raise with it instead.
+        self._stranded: Optional[str] = None
         # " to <address>" once a connect started, for error messages.
         self._target_desc = ""
         # Timeouts so far, so a blocking call can tell one fired meanwhile.
@@ -603,6 +607,11 @@ class BufferEvent:
             room = cap_room if room < 0 else min(room, cap_room)
         return room
 
+    def _set_read_cap(self, cap: int) -> None:
+        """Set by a filter on top: the most input to hold while that filter
+        is not taking bytes (0: no cap)."""
+        self._read_cap = cap
+
     def _check_read_limits(self) -> None:
         """Pause reading if the input reached the read high watermark or
         the cap of a filter on top (the filter lifts the latter)."""
@@ -834,6 +843,10 @@ class BufferEvent:
             return
         self._freed = True
         self._readcb = self._writecb = self._eventcb = None
+        upper = self._upper
+        if upper is not None and not upper._freed:
+            # Freed directly under a filter that still uses it.
+            upper._under_freed()
         for timer in (self._read_timer, self._write_timer):
             if timer is not None:
                 timer.disarm()
@@ -874,6 +887,11 @@ class BufferEvent:
         block waiting for its own work), or None."""
         return None
 
+    def _in_own_io_greenlet(self, direction: int) -> bool:
+        """True when the calling greenlet is one that must run for bytes
+        to move in ``direction`` (so it must not wait for them)."""
+        return getcurrent() is self._kind_io_greenlet(direction)
+
     def shutdown_write(self) -> None:
         """Tell the peer no more data will come, once output has drained.
 
@@ -909,7 +927,7 @@ class BufferEvent:
         (the reader for data, the writer for drained output and connects);
         waiting inside that very greenlet could never end, so it is refused.
         """
-        if getcurrent() is self._kind_io_greenlet(direction):
+        if self._in_own_io_greenlet(direction):
             # This greenlet is the one that would deliver what we wait for.
             raise BufferEventError(
                 f"cannot wait for {what} inside a callback that runs in this "
@@ -954,6 +972,8 @@ class BufferEvent:
                 f"{what} failed: {self._error or 'error event'}",
                 events=self._error_events,
             ) from self._error
+        if self._stranded is not None:
+            raise BufferEventError(f"{what} can never complete: {self._stranded}")
 
     def _ensure_reading(self) -> None:
         self._check_alive()

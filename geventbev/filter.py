@@ -67,7 +67,14 @@ import gevent
 from gevent import getcurrent
 
 from .buffer import Buffer
-from .bufferevent import _READ, _WRITE, SUSPEND_FILT_READ, BufferEvent
+from .bufferevent import (
+    _DEFER,
+    _OWN_GREENLET,
+    _READ,
+    _WRITE,
+    SUSPEND_FILT_READ,
+    BufferEvent,
+)
 from .constants import (
     EV_READ,
     EV_WRITE,
@@ -256,16 +263,18 @@ class FilterBufferEvent(BufferEvent):
         src, dst = under.input, self.input
         produced_total = any_ok = 0
         result: Optional[FilterResult] = _OK
-        progressed = False
+        # Why the loop stopped: "done" (the filter has nothing more now),
+        # "full" (no room below the read high watermark or a cap set from
+        # above) or "paused" (reading was turned off meanwhile).
+        stopped = "done"
+        finishing = mode is _FINISHED
         self._filtering_input = True
         try:
             while not self._freed and not self._in_failed and not under.freed:
-                if self._read_high and not forced:
-                    limit = self._read_high - len(dst)
-                    if limit <= 0:
-                        break
-                else:
-                    limit = -1
+                limit = -1 if forced else self._input_room()
+                if not limit:
+                    stopped = "full"
+                    break
                 src_before, dst_before = len(src), len(dst)
                 result = self._call_filter(False, src, dst, limit, mode)
                 if result is None:
@@ -277,28 +286,33 @@ class FilterBufferEvent(BufferEvent):
                 if produced:
                     produced_total += produced
                     self._bytes_read()
-                if result is _NEED_MORE or not progressed or not len(src):
+                if result is _NEED_MORE or not progressed:
+                    break
+                # Finishing, a stateful filter (a decompressor) that filled
+                # all the room it had may hold more with its source empty:
+                # ask again once there is room (the "full" stop below).
+                if not len(src) and not (finishing and 0 <= limit <= produced):
                     break
                 if not forced and not self._reading_wanted():
+                    stopped = "paused"
                     break
         finally:
             self._filtering_input = False
         if self._freed or under.freed:
             return produced_total + any_ok
-        if self._read_high:
+        cap = self._read_ahead_cap()
+        if cap:
             # Lift the read-ahead cap while the filter waits for more than
             # the cap lets in (see the module docstring).
-            cap = self._read_ahead_cap()
-            starving = (result is _NEED_MORE or not progressed) and len(src) >= cap
-            under._read_cap = 0 if starving else cap
+            starving = stopped == "done" and len(src) >= cap
+            under._set_read_cap(0 if starving else cap)
         self._sync_under_read()
         if (
             self._under_eof
-            and mode is _FINISHED
+            and finishing
+            and stopped == "done"
             and not self._eof_delivered
             and not self._in_failed
-            and (not len(src) or result is _NEED_MORE or not progressed)
-            and not (self._read_high and len(dst) >= self._read_high and len(src))
         ):
             self._eof_delivered = True
             logger.debug("%r: EOF", self)
@@ -350,17 +364,29 @@ class FilterBufferEvent(BufferEvent):
         return produced_total + any_ok
 
     def _read_ahead_cap(self) -> int:
-        """How much the underlying may read ahead while this filter has a
-        read high watermark: as much as the filter holds, and at least
-        libevent's 16 KiB read."""
-        return max(UNDERLYING_READ_CAP, self._read_high)
+        """How much the underlying may read ahead (0: no limit): while this
+        filter's input is bounded (a read high watermark, or a cap set by a
+        filter above) as much as that bound, and at least libevent's 16 KiB
+        read."""
+        held = self._read_high
+        if self._read_cap:
+            held = min(held, self._read_cap) if held else self._read_cap
+        return max(UNDERLYING_READ_CAP, held) if held else 0
+
+    def _set_read_cap(self, cap: int) -> None:
+        # A filter above bounds this one: pass the bound on down, so that a
+        # writer at the bottom of the stack meets it.
+        self._read_cap = cap
+        if not self._under.freed:
+            self._under._set_read_cap(self._read_ahead_cap())
+            self._sync_under_read()
 
     def setwatermark(self, what: int, low: int, high: int) -> None:
         """As for every bufferevent; a read high watermark also caps how far
         the underlying reads ahead (module docstring)."""
         super().setwatermark(what, low, high)
         if what & _READ and not self._under.freed:
-            self._under._read_cap = self._read_ahead_cap() if high else 0
+            self._under._set_read_cap(self._read_ahead_cap())
             self._sync_under_read()
 
     # -- the pumps ----------------------------------------------------------
@@ -417,12 +443,22 @@ class FilterBufferEvent(BufferEvent):
         under = self._under
         if self._out_failed or under.freed:
             return
-        self._run_output(_FINISHED, forced=True)
-        if not self._out_failed and not under.freed:
-            try:
-                under.shutdown_write()
-            except NotImplementedError:
-                logger.debug("%r: underlying %r cannot shut down", self, under)
+        # A callback may free this filter during the run: the underlying
+        # is then released only after its shutdown (see _kind_flush).
+        outer = not self._flushing
+        self._flushing = True
+        try:
+            self._run_output(_FINISHED, forced=True)
+            if not self._out_failed and not under.freed:
+                try:
+                    under.shutdown_write()
+                except NotImplementedError:
+                    logger.debug("%r: underlying %r cannot shut down", self, under)
+        finally:
+            if outer:
+                self._flushing = False
+                if self._freed and self._release_pending:
+                    self._release_underlying()
         if self._waiting:
             self._notify()
         self._maybe_idle()
@@ -580,6 +616,24 @@ class FilterBufferEvent(BufferEvent):
     def _kind_io_greenlet(self, direction: int) -> Any:
         return self._reader if direction == _READ else self._writer
 
+    def _in_own_io_greenlet(self, direction: int) -> bool:
+        # Bytes also need the underlying's greenlets, which run the events
+        # this filter passes on (CONNECTED, for one).
+        if getcurrent() is self._kind_io_greenlet(direction):
+            return True
+        under = self._under
+        return not under.freed and under._in_own_io_greenlet(direction)
+
+    def _under_freed(self) -> None:
+        """The underlying was freed directly, under this filter."""
+        logger.debug("%r: underlying %r freed under it", self, self._under)
+        self._in_failed = self._out_failed = True
+        self._report_event(
+            Event.ERROR | Event.READING | Event.WRITING,
+            BufferEventError("the underlying bufferevent was freed"),
+            options=_DEFER | _OWN_GREENLET,
+        )
+
     def _has_pending_work(self) -> bool:
         # The underlying is on the same base and speaks for its own I/O;
         # a filter only adds its timeouts and the work its pumps hold.
@@ -636,7 +690,7 @@ class FilterBufferEvent(BufferEvent):
         if under._upper is self:
             under._upper = None
             under.setcb(None, None, None)
-        under._read_cap = 0
+        under._set_read_cap(0)
         if not self._options & _CLOSE_ON_FREE:
             under._unsuspend(_READ, SUSPEND_FILT_READ)
             return

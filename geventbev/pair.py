@@ -33,6 +33,7 @@ or ``shutdown_write()`` is for) and ``get_partner()`` returns None.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Optional, Tuple
 
 from .base import EventBase
@@ -154,7 +155,14 @@ class PairBufferEvent(BufferEvent):
         room = -1 if ignore_watermarks else dst._input_room()
         if not room:
             return 0
-        moved = out._move_internal(dst.input, room)
+        before = out._len
+        try:
+            out._move_internal(dst.input, room)
+        except Exception:
+            # A user's callback on one of the buffers failed; the bytes
+            # moved all the same and the partner must hear of them.
+            self.base.hub.handle_error(self, *sys.exc_info())
+        moved = before - out._len
         if moved:
             dst._bytes_read()
             if not self._freed:
@@ -231,10 +239,15 @@ class PairBufferEvent(BufferEvent):
 
     def _kind_free(self) -> None:
         partner = self._partner
+        if partner is not None and self._eof_after_output:
+            # shutdown_write() promised the partner everything, then EOF.
+            self._transfer(ignore_watermarks=True)
+            self._send_eof()
         self._partner = None
         if partner is not None:
             logger.debug("%r: unlinked from %r", self, partner)
             partner._partner = None
+            partner._stranded = "the other end of the pair was freed"
             partner._eof_after_output = False
             partner._maybe_idle()
             if partner._waiting:
