@@ -1035,9 +1035,11 @@ class BufferEvent:
         if self._freed or not self._enabled & _READ:
             self._ensure_reading()
         while not inp._len:
-            self._raise_if_failed("read")
+            if self._freed or self._error_events:
+                self._raise_if_failed("read")
             if self._eof:
                 return b""
+            self._raise_if_failed("read")
             self._ensure_reading()
             self._wait_change(deadline, "data")
         return inp._remove_internal(inp._len if max_bytes < 0 else max_bytes)

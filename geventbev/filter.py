@@ -178,6 +178,7 @@ class FilterBufferEvent(BufferEvent):
         self._under_eof = False  # the underlying reported EOF
         self._eof_delivered = False
         self._shutdown_pending = False
+        self._write_finished = False  # the output filter ran with FINISHED
         self._filtering_output = False  # guards against re-entry by flush
         self._filtering_input = False
         self._flushing = False  # inside _kind_flush
@@ -440,6 +441,7 @@ class FilterBufferEvent(BufferEvent):
         """shutdown_write: let the output filter finish, then shut down the
         underlying's write side."""
         self._shutdown_pending = False
+        self._write_finished = True
         under = self._under
         if self._out_failed or under.freed:
             return
@@ -599,6 +601,8 @@ class FilterBufferEvent(BufferEvent):
         writes its trailer), then shut down the underlying's write side.
         """
         self._check_alive()
+        if self._write_finished:
+            return
         self._shutdown_pending = True
         self._out_dirty = True
         self._out_wake.set()
@@ -715,10 +719,14 @@ def _drain_then_free(under: BufferEvent) -> None:
         under.disable(EV_READ)
         under.drain(timeout=FREE_DRAIN_TIMEOUT)
     except Exception as exc:  # the peer is gone or too slow: nothing to save
-        logger.warning(
-            "%r: %d bytes a freed filter had handed over were not sent: %s",
+        unsent = 0 if under.freed else len(under.output)
+        # A peer that went away is its own news; one that stalled past the
+        # timeout is worth a warning.
+        log = logger.warning if isinstance(exc, TimeoutError) else logger.debug
+        log(
+            "%r: closed with %d bytes unsent from a freed filter: %s",
             under,
-            len(under.output) if not under.freed else 0,
+            unsent,
             exc,
         )
     finally:

@@ -21,9 +21,11 @@ from gevent.pool import Group
 
 from .base import EventBase
 from .bufferevent import BufferEvent
-from .constants import EV_READ, EV_WRITE, Option
+from .constants import EV_READ, EV_WRITE, FlushMode, Option
 from .errors import BufferEventError, UnsupportedOperation
+from .filter import FilterBufferEvent
 from .listener import Listener
+from .pair import PairBufferEvent
 from .sock import _is_ip_literal, socket_new
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,16 @@ def _finish(bev: BufferEvent, timeout: Optional[float]) -> None:
     if bev.freed:
         return
     try:
-        if len(bev.output):
+        if isinstance(bev, PairBufferEvent):
+            # What a socket's close does: everything queued goes to the
+            # peer, whether it reads yet or not, and then EOF.  A pair end
+            # does not tell its partner anything on free by itself.
+            if bev.get_partner() is not None:
+                bev.flush(EV_WRITE, FlushMode.FINISHED)
+            return
+        if isinstance(bev, FilterBufferEvent):
+            bev.shutdown_write()  # the output filter's trailer, then EOF
+        if len(bev.output) or not bev._kind_output_settled():
             bev.drain(timeout=CLOSE_DRAIN_TIMEOUT if timeout is None else timeout)
     except (BufferEventError, TimeoutError) as exc:
         logger.warning(
@@ -300,6 +311,12 @@ class BufferEventSocket:
                 raise cause from exc
             if self.bev.freed:
                 raise OSError(errno.EBADF, "Bad file descriptor") from exc
+            if self.bev._stranded is not None:
+                # The other end is gone (a freed pair partner): what a
+                # socket whose peer closed answers.
+                if fn == self.bev.read_some:
+                    return b""
+                raise BrokenPipeError(errno.EPIPE, str(exc)) from exc
             raise
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:

@@ -18,6 +18,7 @@ import gevent
 import gevent.event
 import pytest
 
+import geventbev
 from geventbev import (
     EV_READ,
     EV_WRITE,
@@ -815,3 +816,51 @@ def test_http_client_over_a_pair():
     assert glet.get(timeout=2) == b"GET /index HTTP/1.1\r\n"
     conn.close()
     assert far.freed
+
+
+# -- found by trying pairs as a new user --------------------------------------
+
+
+def test_read_some_returns_eof_after_the_partner_said_eof_and_left():
+    """EOF wins over "the partner was freed": what a socket reader sees."""
+    a, b = pair_new()
+    a.enable(EV_READ)
+    b.write(b"bye\n")
+    b.shutdown_write()
+    gevent.sleep(0.01)
+    b.free()
+    assert a.read_some(timeout=1) == b"bye\n"
+    assert a.read_some(timeout=1) == b""
+
+
+def test_read_some_on_an_end_whose_partner_left_without_eof_raises():
+    a, b = pair_new()
+    a.enable(EV_READ)
+    b.free()
+    with pytest.raises(BufferEventError, match="other end of the pair was freed"):
+        a.read_some(timeout=1)
+
+
+def test_socket_adapter_close_hands_everything_over_with_eof():
+    """close() on a BufferEventSocket over a pair end acts like a socket's
+    close: the partner gets the bytes and EOF, even before it reads, and
+    close() does not wait for it."""
+    a, b = pair_new()
+    sock = geventbev.BufferEventSocket(a)
+    sock.sendall(b"request")
+    started = time.monotonic()
+    sock.close()
+    assert time.monotonic() - started < 0.5
+    assert b.read_until_eof(timeout=1) == b"request"
+
+
+def test_socket_adapter_over_an_end_whose_partner_was_freed():
+    """recv() gives b"" and send() raises BrokenPipeError, as on a socket
+    whose peer has gone."""
+    a, b = pair_new()
+    sock = geventbev.BufferEventSocket(a)
+    b.free()
+    assert sock.recv(10) == b""
+    with pytest.raises(BrokenPipeError):
+        sock.sendall(b"x" * 10)
+    sock.close()
