@@ -582,6 +582,13 @@ class BufferEvent:
                     timer.last_activity = time.monotonic()
                 else:
                     timer.disarm()
+            upper = self._upper
+            while upper is not None:
+                # Bytes a filter handed down are moving: that is write
+                # progress for every filter stacked above, too.
+                if upper._write_timer is not None:
+                    upper._write_timer.last_activity = time.monotonic()
+                upper = upper._upper
             if self._waiting:
                 self._notify()
             if not len(self.output):
@@ -856,6 +863,14 @@ class BufferEvent:
             self._kind_free()
         finally:
             self._notify()
+            # Break the cycles through our buffers' observers and the
+            # timers, so a freed bufferevent (and whatever its callbacks
+            # held) goes with its last reference rather than at the next
+            # cyclic garbage collection.  Nothing can run them any more.
+            for buf in (self.input, self.output):
+                buf._watcher = None
+                buf._cbs = []
+            self._read_timer = self._write_timer = None
 
     def _check_alive(self) -> None:
         if self._freed:

@@ -24,6 +24,7 @@ import gevent.event
 
 from .bufferevent import BufferEvent
 from .constants import EOL
+from .filter import wait_lingering
 from .highlevel import connect, serve
 from .relay import Relay, format_hostport, parse_hostport
 
@@ -236,16 +237,21 @@ def run_relay(args: argparse.Namespace) -> int:
         if args.drain_timeout:
             # Let the open connections finish; a second signal, or the
             # deadline, closes what is left.
+            deadline = time.monotonic() + args.drain_timeout
             relay.stop_accepting()
             all_closed.clear()
+            stop.clear()
             if relay.connections:
                 logger.info(
                     "stopping: waiting up to %.1f s for %d open connection(s)",
                     args.drain_timeout,
                     len(relay.connections),
                 )
-                stop.clear()
                 gevent.wait([stop, all_closed], timeout=args.drain_timeout, count=1)
+            if not stop.is_set():
+                # Closed connections over zlib links may still be sending
+                # their last bytes (and trailers).
+                wait_lingering(max(0.0, deadline - time.monotonic()))
     finally:
         # The handlers stay installed until the end, so a second signal
         # during shutdown is absorbed instead of killing the process.

@@ -188,6 +188,13 @@ class FilterBufferEvent(BufferEvent):
         self._out_wake = _Wakeup(hub)
 
         underlying._upper = self
+        # Without write watermarks of its own, the underlying calls back
+        # once it is down to half of what the output pump queues in it, so
+        # the pump refills it before it runs dry (and the filter's write
+        # timeout sees steady progress).  Restored when the filter goes.
+        self._lent_write_low = not (underlying._write_low or underlying._write_high)
+        if self._lent_write_low:
+            underlying._write_low = UNDERLYING_WRITE_CAP // 2
         underlying.setcb(
             self._under_readcb, self._under_writecb, self._under_eventcb, None
         )
@@ -674,10 +681,12 @@ class FilterBufferEvent(BufferEvent):
         for glet in (self._reader, self._writer):
             if glet is not None and glet is not current and not glet.dead:
                 glet.kill(block=False)
+        self._reader = self._writer = None
         free_context, self._free_context = self._free_context, None
+        ctx, self._filter_ctx = self._filter_ctx, None
         if free_context is not None:
             try:
-                free_context(self._filter_ctx)
+                free_context(ctx)
             except Exception:
                 self.base.hub.handle_error(self, *sys.exc_info())
         self._release_pending = True
@@ -694,12 +703,17 @@ class FilterBufferEvent(BufferEvent):
         if under._upper is self:
             under._upper = None
             under.setcb(None, None, None)
+        if self._lent_write_low:
+            self._lent_write_low = False
+            under._write_low = 0
         under._set_read_cap(0)
         if not self._options & _CLOSE_ON_FREE:
             under._unsuspend(_READ, SUSPEND_FILT_READ)
             return
         if len(under.output) or not under._kind_output_settled():
-            gevent.spawn(_drain_then_free, under)
+            lingering = gevent.spawn(_drain_then_free, under)
+            _LINGERING.add(lingering)
+            lingering.link(_LINGERING.discard)
         else:
             under.free()
 
@@ -711,6 +725,25 @@ class FilterBufferEvent(BufferEvent):
         """The underlying's file descriptor, or -1."""
         under = self._under
         return -1 if under.freed else under.fileno()
+
+
+# Underlyings of freed filters that are still sending (see wait_lingering).
+_LINGERING: set = set()
+
+
+def wait_lingering(timeout: Optional[float] = None) -> int:
+    """Wait until the underlyings of freed filters (CLOSE_ON_FREE) have
+    sent what they held and closed, for at most ``timeout`` seconds.
+
+    A program about to exit calls this so that those last bytes (a
+    compressor's trailer, for one) are not cut off with the process.
+
+    Returns:
+        How many are still sending.
+    """
+    if _LINGERING:
+        gevent.joinall(list(_LINGERING), timeout=timeout)
+    return len(_LINGERING)
 
 
 def _drain_then_free(under: BufferEvent) -> None:

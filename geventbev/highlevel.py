@@ -111,6 +111,13 @@ def _finish(bev: BufferEvent, timeout: Optional[float]) -> None:
     CLOSE_DRAIN_TIMEOUT), then free ``bev``; unsent bytes are logged."""
     if bev.freed:
         return
+    upper = bev._upper
+    if upper is not None and not upper.freed:
+        # The handler stacked a filter on bev: what it wrote through that
+        # filter goes first (its trailer included), then bev's own output.
+        _finish(upper, timeout)
+        if bev.freed:
+            return
     try:
         if isinstance(bev, PairBufferEvent):
             # What a socket's close does: everything queued goes to the

@@ -57,6 +57,8 @@ __all__ = ["Relay", "RelayConnection", "parse_hostport", "format_hostport"]
 
 #: Bytes one side's output may hold before the relay stops reading the other.
 DEFAULT_PAUSE_ABOVE = 1 << 20
+# The most inflated bytes a zlib link holds for the relay to move on.
+INFLATE_AHEAD = 256 * 1024
 
 
 def parse_hostport(
@@ -168,7 +170,13 @@ class RelayConnection:
             return sock_bev
         sock_bev.input.add_cb(self._count_wire_in, client)
         sock_bev.output.add_cb(self._count_wire_out, client)
-        return zlib_filter_new(sock_bev, Option.CLOSE_ON_FREE)
+        link = zlib_filter_new(sock_bev, Option.CLOSE_ON_FREE)
+        # Inflate at most this much ahead of the other side: without a
+        # bound, one read of compressed input (a zlib bomb: zeros compress
+        # about 1000:1) would inflate into tens of MiB before backpressure
+        # could look at it.
+        link.setwatermark(EV_READ, 0, INFLATE_AHEAD)
+        return link
 
     def _count_wire_in(self, buf: Any, info: Any, client: bool) -> None:
         # Received compressed bytes: the client's go up, the backend's down.
