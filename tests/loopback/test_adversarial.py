@@ -65,14 +65,16 @@ def subprocess_env() -> dict:
 
 def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
     """The next line ``proc`` prints ('' if it exits); TimeoutError if none
-    comes within ``timeout`` seconds."""
+    comes within ``timeout`` seconds.  What was read of a line when the
+    time ran out is kept for the next call (callers poll in short steps)."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
-    data = b""
+    data = getattr(proc, "_partial_line", b"")
     while not data.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            proc._partial_line = data  # type: ignore[attr-defined]
             raise TimeoutError(f"no line within {timeout} s: {data!r}")
         ready, _, _ = select.select([fd], [], [], remaining)
         if ready:
@@ -80,6 +82,7 @@ def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
             if not byte:
                 break
             data += byte
+    proc._partial_line = b""  # type: ignore[attr-defined]
     return data.decode().strip()
 
 
