@@ -696,7 +696,7 @@ class BufferEvent:
         if self._read_high and len(self.input) >= self._read_high:
             self._check_read_high()
         if self._read_cap and len(self.input) >= self._read_cap:
-            self._suspend(_READ, SUSPEND_FILT_READ)
+            self._check_read_limits()
         self._trigger_read()
         if self._waiting:
             self._notify()
@@ -755,6 +755,10 @@ class BufferEvent:
         Returns:
             1 if something was produced, 0 if not (sockets always 0: their
             writer already sends as fast as the peer reads).
+
+        Raises:
+            BufferEventError: there is nothing to flush to (an unlinked pair
+                end, a filter whose underlying was freed).
         """
         _check_direction(what)
         if mode not in (FlushMode.NORMAL, FlushMode.FLUSH, FlushMode.FINISHED):
@@ -842,9 +846,12 @@ class BufferEvent:
         """Release the bufferevent at once; pending output is not sent.
 
         Clears the callbacks (nothing queued runs any more), stops I/O and,
-        with CLOSE_ON_FREE, closes the transport.  Greenlets blocked in the
-        blocking-style methods wake with BufferEventError.  Freeing twice
-        is harmless.
+        with CLOSE_ON_FREE, closes the transport.  Two kinds honour what
+        was already promised: a filter freed with CLOSE_ON_FREE lets its
+        underlying send what it was handed, and a pair end with a pending
+        ``shutdown_write()`` hands its output and EOF to its partner.
+        Greenlets blocked in the blocking-style methods wake with
+        BufferEventError.  Freeing twice is harmless.
         """
         if self._freed:
             return
@@ -867,9 +874,7 @@ class BufferEvent:
             # timers, so a freed bufferevent (and whatever its callbacks
             # held) goes with its last reference rather than at the next
             # cyclic garbage collection.  Nothing can run them any more.
-            for buf in (self.input, self.output):
-                buf._watcher = None
-                buf._cbs = []
+            self.input._watcher = self.output._watcher = None
             self._read_timer = self._write_timer = None
 
     def _check_alive(self) -> None:
@@ -987,8 +992,14 @@ class BufferEvent:
                 f"{what} failed: {self._error or 'error event'}",
                 events=self._error_events,
             ) from self._error
-        if self._stranded is not None:
-            raise BufferEventError(f"{what} can never complete: {self._stranded}")
+        stranded = self._stranded_reason()
+        if stranded is not None:
+            raise BufferEventError(f"{what} can never complete: {stranded}")
+
+    def _stranded_reason(self) -> Optional[str]:
+        """Why nothing can ever move again without an error event (an
+        unlinked pair end), or None."""
+        return self._stranded
 
     def _ensure_reading(self) -> None:
         self._check_alive()
@@ -1050,14 +1061,15 @@ class BufferEvent:
         if self._freed or not self._enabled & _READ:
             self._ensure_reading()
         while not inp._len:
-            if self._freed or self._error_events:
+            # An error beats EOF, and EOF beats a partner that left.
+            if self._freed or self._error_events or not self._eof:
                 self._raise_if_failed("read")
             if self._eof:
                 return b""
-            self._raise_if_failed("read")
             self._ensure_reading()
             self._wait_change(deadline, "data")
-        return inp._remove_internal(inp._len if max_bytes < 0 else max_bytes)
+        take = inp.remove if inp._front_frozen else inp._remove_internal
+        return take(inp._len if max_bytes < 0 else max_bytes)
 
     def read_exactly(self, n: int, timeout: Optional[float] = None) -> bytes:
         """Block until ``n`` bytes arrived, then remove and return them.

@@ -251,7 +251,7 @@ def run_relay(args: argparse.Namespace) -> int:
             if not stop.is_set():
                 # Closed connections over zlib links may still be sending
                 # their last bytes (and trailers).
-                wait_lingering(max(0.0, deadline - time.monotonic()))
+                wait_lingering(max(0.0, deadline - time.monotonic()), stop)
     finally:
         # The handlers stay installed until the end, so a second signal
         # during shutdown is absorbed instead of killing the process.

@@ -14,10 +14,12 @@ greenlets, the pumps, run them:
   the underlying's output, which the underlying then sends.
 
 Running the filters in pumps, rather than inside ``write()`` or inside the
-underlying's callbacks, gives every user callback one well-known greenlet
-(the blocking style needs that to refuse self-waits) and means that a user
-draining the filter's input never finds a filter run, and its read
-callback, nested inside that call.
+underlying's callbacks, means that a user draining the filter's input (or
+writing to it) never finds a filter run, and its read callback, nested
+inside that call.  The read callback runs in the input pump, the write
+callback in the output pump (or in the caller of ``flush``), and events
+passed on from the underlying in the underlying's greenlet; a blocking
+call refuses to wait in any greenlet that must run for its bytes to move.
 
 The filter takes over the underlying's callbacks: its read callback wakes
 the input pump, its write callback wakes the output pump, and its events
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, Callable, Optional
 
 import gevent
@@ -85,6 +88,7 @@ from .constants import (
     Option,
 )
 from .errors import BufferEventError
+from .pair import PairBufferEvent
 from .sock import _Wakeup
 
 logger = logging.getLogger(__name__)
@@ -119,7 +123,7 @@ _CONNECTED = int(Event.CONNECTED)
 _RUNS_PER_TURN = 8
 
 
-def pass_through(
+def _pass_through(
     src: Buffer, dst: Buffer, dst_limit: int, mode: FlushMode, ctx: Any
 ) -> FilterResult:
     """The filter used for ``None``: moves bytes unchanged, at most
@@ -166,8 +170,8 @@ class FilterBufferEvent(BufferEvent):
             )
         super().__init__(underlying.base, options)
         self._under = underlying
-        self._input_filter = input_filter or pass_through
-        self._output_filter = output_filter or pass_through
+        self._input_filter = input_filter or _pass_through
+        self._output_filter = output_filter or _pass_through
         self._filter_ctx = ctx
         self._free_context = free_context
         self._connected = underlying.connected
@@ -176,6 +180,8 @@ class FilterBufferEvent(BufferEvent):
         self._in_failed = False
         self._out_failed = False
         self._under_eof = False  # the underlying reported EOF
+        # (events, error) of a read error held back for the input pump.
+        self._under_error: Optional[tuple] = None
         self._eof_delivered = False
         self._shutdown_pending = False
         self._write_finished = False  # the output filter ran with FINISHED
@@ -183,6 +189,7 @@ class FilterBufferEvent(BufferEvent):
         self._filtering_input = False
         self._flushing = False  # inside _kind_flush
         self._release_pending = False  # freed during a flush (_kind_flush)
+        self._released = False  # the underlying was given back or freed
         hub = self.base.hub
         self._in_wake = _Wakeup(hub)
         self._out_wake = _Wakeup(hub)
@@ -221,17 +228,15 @@ class FilterBufferEvent(BufferEvent):
             self._filter_failed(output, exc)
             return None
         finally:
-            if not src.freed:
-                src._front_frozen = frozen_src_front
-            if not dst.freed:
-                dst._end_frozen = frozen_dst_end
+            src._front_frozen = frozen_src_front
+            dst._end_frozen = frozen_dst_end
         checked = (
             _RESULTS.get(result)
             if type(result) is int or isinstance(result, FilterResult)
             else None
         )
+        which = "output" if output else "input"
         if checked is None:
-            which = "output" if output else "input"
             self._filter_failed(
                 output,
                 TypeError(
@@ -241,7 +246,6 @@ class FilterBufferEvent(BufferEvent):
             )
             return None
         if checked is _FILTER_ERROR:
-            which = "output" if output else "input"
             self._filter_failed(output, BufferEventError(f"{which} filter failed"))
             return None
         return checked
@@ -286,7 +290,7 @@ class FilterBufferEvent(BufferEvent):
                 src_before, dst_before = len(src), len(dst)
                 result = self._call_filter(False, src, dst, limit, mode)
                 if result is None:
-                    return produced_total
+                    return produced_total + any_ok
                 if result is _OK:
                     any_ok = 1
                 produced = len(dst) - dst_before
@@ -315,6 +319,9 @@ class FilterBufferEvent(BufferEvent):
             starving = stopped == "done" and len(src) >= cap
             under._set_read_cap(0 if starving else cap)
         self._sync_under_read()
+        if self._under_error is not None and stopped == "done":
+            self._pass_on_held_error()
+            return produced_total + any_ok
         if (
             self._under_eof
             and finishing
@@ -406,6 +413,13 @@ class FilterBufferEvent(BufferEvent):
             and not self._eof_delivered
             and self._reading_wanted()
         )
+
+    def _pass_on_held_error(self) -> None:
+        """Report a held read error once the underlying's input is used up
+        (or the filter can take no more of it for now and never will)."""
+        held, self._under_error = self._under_error, None
+        if held is not None and not self._freed:
+            self._report_event(held[0], held[1])
 
     def _input_pump(self) -> None:
         wake = self._in_wake
@@ -524,12 +538,21 @@ class FilterBufferEvent(BufferEvent):
                 events |= _EOF  # the writing side ended too: pass that on
             elif not events:
                 return
-        if events & _ERROR and events & _READING and len(under.input):
-            # Bytes that arrived before the error are the user's too.
-            if self._reading_wanted() and not self._filtering_input:
-                self._run_input(_NORMAL)
-                if self._freed:
-                    return
+        if (
+            events & _ERROR
+            and events & _READING
+            and len(under.input)
+            and self._enabled & _READ
+            and not self._in_failed
+        ):
+            # Bytes that arrived before the error are the user's too: the
+            # input pump passes the error on once it has filtered them.
+            self._under_error = (events & (_ERROR | _READING), under.get_error())
+            self._in_dirty = True
+            self._in_wake.set()
+            events &= ~(_ERROR | _READING)
+            if not events:
+                return
         if events & _CONNECTED:
             self._out_dirty = True
             self._out_wake.set()
@@ -569,10 +592,10 @@ class FilterBufferEvent(BufferEvent):
         the underlying the same way.
 
         Returns 1 when a filter call returned OK or produced bytes, else
-        the underlying's answer (0, or -1 when it cannot flush)."""
+        the underlying's answer."""
         under = self._under
         if under.freed:
-            return -1
+            raise BufferEventError("flush: the underlying bufferevent was freed")
         produced = 0
         forced = mode is not _NORMAL
         # A callback run by the filters below may free this filter; the
@@ -608,8 +631,8 @@ class FilterBufferEvent(BufferEvent):
         writes its trailer), then shut down the underlying's write side.
         """
         self._check_alive()
-        if self._write_finished:
-            return
+        if self._write_finished or self._out_failed or self._under.freed:
+            return  # nothing more can be finished
         self._shutdown_pending = True
         self._out_dirty = True
         self._out_wake.set()
@@ -634,6 +657,17 @@ class FilterBufferEvent(BufferEvent):
             return True
         under = self._under
         return not under.freed and under._in_own_io_greenlet(direction)
+
+    def _stranded_reason(self) -> Optional[str]:
+        # Stranded below (a pair end whose partner left) with nothing left
+        # to filter: nothing more can come up through this filter either.
+        under = self._under
+        if self._stranded is not None or under.freed:
+            return self._stranded
+        reason = under._stranded_reason()
+        if reason is not None and not len(under.input):
+            return reason
+        return None
 
     def _under_freed(self) -> None:
         """The underlying was freed directly, under this filter."""
@@ -667,16 +701,18 @@ class FilterBufferEvent(BufferEvent):
             return False
         return self._shutdown_pending or under._kind_busy() or bool(len(under.output))
 
+    def free(self) -> None:
+        """As for every bufferevent; a ``shutdown_write()`` still pending is
+        finished first, so a trailer is not lost (it then goes out with
+        the underlying, see the module docstring)."""
+        if not self._freed and self._shutdown_pending and not self._under.freed:
+            # A free() from inside the output filter lands here again with
+            # nothing pending and frees; _finish_output then releases the
+            # underlying after its shutdown.
+            self._finish_output()
+        super().free()
+
     def _kind_free(self) -> None:
-        under = self._under
-        if self._shutdown_pending and not under.freed:
-            # The user asked for the output to be finished: do it now so a
-            # trailer is not lost (it then goes out with the linger below).
-            self._freed = False  # _run_output stops on a freed filter
-            try:
-                self._finish_output()
-            finally:
-                self._freed = True
         current = getcurrent()
         for glet in (self._reader, self._writer):
             if glet is not None and glet is not current and not glet.dead:
@@ -696,6 +732,9 @@ class FilterBufferEvent(BufferEvent):
     def _release_underlying(self) -> None:
         """Give the underlying back (or free it, with CLOSE_ON_FREE, once it
         has sent what it holds)."""
+        if self._released:
+            return
+        self._released = True
         self._release_pending = False
         under = self._under
         if under.freed:
@@ -710,6 +749,10 @@ class FilterBufferEvent(BufferEvent):
         if not self._options & _CLOSE_ON_FREE:
             under._unsuspend(_READ, SUSPEND_FILT_READ)
             return
+        if isinstance(under, PairBufferEvent) and under.get_partner() is not None:
+            # Nothing to wait for in a pair: hand everything to the partner
+            # now, whether it reads yet or not.
+            under._transfer(ignore_watermarks=True)
         if len(under.output) or not under._kind_output_settled():
             lingering = gevent.spawn(_drain_then_free, under)
             _LINGERING.add(lingering)
@@ -731,18 +774,27 @@ class FilterBufferEvent(BufferEvent):
 _LINGERING: set = set()
 
 
-def wait_lingering(timeout: Optional[float] = None) -> int:
+def wait_lingering(timeout: Optional[float] = None, stop: Any = None) -> int:
     """Wait until the underlyings of freed filters (CLOSE_ON_FREE) have
-    sent what they held and closed, for at most ``timeout`` seconds.
+    sent what they held and closed.
 
     A program about to exit calls this so that those last bytes (a
     compressor's trailer, for one) are not cut off with the process.
 
+    Args:
+        timeout: the most seconds to wait (None: no limit).
+        stop: a gevent Event that ends the wait early when set.
+
     Returns:
         How many are still sending.
     """
-    if _LINGERING:
-        gevent.joinall(list(_LINGERING), timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while _LINGERING and not (stop is not None and stop.is_set()):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            break
+        waits = list(_LINGERING) + ([stop] if stop is not None else [])
+        gevent.wait(waits, timeout=remaining, count=1)
     return len(_LINGERING)
 
 
@@ -787,6 +839,10 @@ def filter_new(
 
     The filter takes over the underlying's callbacks and enables its
     reading and writing; do not use the underlying directly afterwards.
+    While the filter lives it also bounds how far the underlying reads
+    ahead, and, when the underlying has no write watermarks, lends it a
+    write low watermark of half ``UNDERLYING_WRITE_CAP`` (given back when
+    the filter is freed).
 
     Args:
         underlying: any bufferevent (socket, pair end, filter).
@@ -796,6 +852,9 @@ def filter_new(
             filter (after it sent what it holds).
         free_context: called as ``free_context(ctx)`` once, on free.
         ctx: the last argument of both filters.
+
+    Returns:
+        The new FilterBufferEvent, with writing enabled and reading not.
 
     Raises:
         TypeError: a bad argument type.

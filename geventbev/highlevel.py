@@ -106,19 +106,35 @@ def connect(
     return bev
 
 
+def _free_stack(bev: BufferEvent) -> None:
+    """Free ``bev`` and every filter stacked on it, the top one first."""
+    layers = [bev]
+    while layers[-1]._upper is not None:
+        layers.append(layers[-1]._upper)
+    for layer in reversed(layers):
+        layer.free()
+
+
 def _finish(bev: BufferEvent, timeout: Optional[float]) -> None:
-    """Send what is left in the output (bounded by ``timeout`` or
-    CLOSE_DRAIN_TIMEOUT), then free ``bev``; unsent bytes are logged."""
+    """Close ``bev`` as a socket's close would, then free it.
+
+    Filters a handler stacked on ``bev`` are finished first.  A pair end
+    hands its partner everything queued and then EOF, without waiting; a
+    filter finishes its output (``shutdown_write``); then what is left is
+    sent, bounded by ``timeout`` (or CLOSE_DRAIN_TIMEOUT) per layer.
+    Unsent bytes are logged."""
     if bev.freed:
+        _free_stack(bev)  # filters a handler stacked on it, if any
         return
-    upper = bev._upper
-    if upper is not None and not upper.freed:
-        # The handler stacked a filter on bev: what it wrote through that
-        # filter goes first (its trailer included), then bev's own output.
-        _finish(upper, timeout)
-        if bev.freed:
-            return
     try:
+        upper = bev._upper
+        if upper is not None and not upper.freed:
+            # The handler stacked a filter on bev: what it wrote through
+            # that filter goes first (its trailer included), then bev's own
+            # output.  (Each layer gets the timeout anew.)
+            _finish(upper, timeout)
+            if bev.freed:
+                return
         if isinstance(bev, PairBufferEvent):
             # What a socket's close does: everything queued goes to the
             # peer, whether it reads yet or not, and then EOF.  A pair end
@@ -193,7 +209,7 @@ class Server:
             self._handler(bev)
         except gevent.GreenletExit:
             # stop() gave up waiting: close at once, do not drain.
-            bev.free()
+            _free_stack(bev)
             raise
         except Exception:
             self._base.hub.handle_error(self._handler, *sys.exc_info())
@@ -318,7 +334,7 @@ class BufferEventSocket:
                 raise cause from exc
             if self.bev.freed:
                 raise OSError(errno.EBADF, "Bad file descriptor") from exc
-            if self.bev._stranded is not None:
+            if self.bev._stranded_reason() is not None:
                 # The other end is gone (a freed pair partner): what a
                 # socket whose peer closed answers.
                 if fn == self.bev.read_some:

@@ -19,15 +19,19 @@ greenlet, so a chain of 10,000 ping-pongs is a loop there, not a recursion,
 and other greenlets get their turns between rounds.
 
 The hot path.  When a write could move everything at once (the end's
-output is empty, the partner wants data and has no read high watermark, no
-user callback watches either buffer), ``write`` appends straight to the
-partner's input.  Observably this is the same as appending to the output
-and moving it at once: nobody could look in between.
+output is empty, the partner wants data and has room for all of it under
+its read high watermark, no filter caps it, no user callback watches
+either buffer), ``write`` appends straight to the partner's input.
+Observably this is the same as appending to the output and moving it at
+once: nobody could look in between.
 
 Unlinking.  Freeing one end leaves the other alive and unlinked: its writes
 stay in its output, it gets no event about the other's end (as in libevent;
 a socket user might expect EOF, which is what ``flush(EV_WRITE, FINISHED)``
-or ``shutdown_write()`` is for) and ``get_partner()`` returns None.
+or ``shutdown_write()`` is for) and ``get_partner()`` returns None.  Its
+blocking calls that would wait for the gone partner raise instead.  An end
+freed with a ``shutdown_write()`` still pending first hands its partner
+everything and the EOF it promised.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Optional, Tuple
 from .base import EventBase
 from .bufferevent import _DEFER, _READ, _WRITE, BufferEvent
 from .constants import Event, FlushMode
+from .errors import BufferEventError
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +177,8 @@ class PairBufferEvent(BufferEvent):
         return moved
 
     def _send_eof(self, events: int = Event.EOF | Event.READING) -> None:
-        self._eof_after_output = False
+        if events & Event.READING:
+            self._eof_after_output = False  # this is the EOF it promised
         partner = self._partner
         if partner is not None:
             logger.debug("%r: EOF to %r", self, partner)
@@ -202,11 +208,13 @@ class PairBufferEvent(BufferEvent):
         """NORMAL and FLUSH move everything pending, ignoring watermarks;
         FINISHED does too and then gives the partner EOF.
 
-        Returns 1 when bytes moved, 0 when none did, -1 when unlinked.
+        Returns 1 when bytes moved, 0 when none did.
         """
         partner = self._partner
         if partner is None:
-            return -1
+            raise BufferEventError(
+                "flush: the pair end is unlinked (its partner was freed)"
+            )
         moved = 0
         if what & _WRITE:
             moved += self._transfer(ignore_watermarks=True)
@@ -250,8 +258,13 @@ class PairBufferEvent(BufferEvent):
             partner._stranded = "the other end of the pair was freed"
             partner._eof_after_output = False
             partner._maybe_idle()
-            if partner._waiting:
-                partner._notify()
+            layer: Optional[BufferEvent] = partner
+            while layer is not None:
+                # Blocking callers on it, and on filters stacked over it,
+                # must learn that nothing more can come.
+                if layer._waiting:
+                    layer._notify()
+                layer = layer._upper
 
     def _has_pending_work(self) -> bool:
         # A pair end has no I/O of its own to wait for: bytes arrive only

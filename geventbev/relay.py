@@ -57,7 +57,7 @@ __all__ = ["Relay", "RelayConnection", "parse_hostport", "format_hostport"]
 
 #: Bytes one side's output may hold before the relay stops reading the other.
 DEFAULT_PAUSE_ABOVE = 1 << 20
-# The most inflated bytes a zlib link holds for the relay to move on.
+#: The most inflated bytes a zlib link holds for the relay to move on.
 INFLATE_AHEAD = 256 * 1024
 
 
@@ -277,20 +277,32 @@ class RelayConnection:
             and not len(self.client.output)
             and not len(self.backend.output)
         ):
-            self.close("closed by both sides")
+            self.close("closed by both sides", clean=True)
 
-    def close(self, reason: str, drain: Optional[BufferEvent] = None) -> None:
+    def close(
+        self, reason: str, drain: Optional[BufferEvent] = None, clean: bool = False
+    ) -> None:
         """End the connection; ``drain`` is a side whose queued output is
-        still sent (bounded by the relay's close_timeout) before it closes."""
+        still sent (bounded by the relay's close_timeout) before it closes.
+
+        A zlib side lets its socket send what the filter handed it (the
+        stream's trailer) only on a ``clean`` close; otherwise its socket
+        closes at once, like a plain side's."""
         if self.reason is not None:
             return
         self.reason = reason
         if self._connect_timer is not None:
             self._connect_timer.close()
             self._connect_timer = None
-        for bev in (self.client, self.backend):
+        sides = (
+            (self.client, self.client_socket),
+            (self.backend, self.backend_socket),
+        )
+        for bev, sock_bev in sides:
             if bev is not drain:
                 bev.free()
+                if not clean:
+                    sock_bev.free()
         if drain is not None and not drain.freed:
             gevent.spawn(self._drain_then_free, drain)
         self.relay._closed(self)

@@ -21,10 +21,12 @@ from geventbev import (
     EV_READ,
     EV_WRITE,
     Buffer,
+    BufferEventError,
     Event,
     FilterResult,
     FlushMode,
     Option,
+    event2,
     filter_new,
     pair_new,
     socket_new,
@@ -138,7 +140,9 @@ def test_c06_freeing_one_end_only_unlinks_the_other(record, run_until):
     bev2.free()
     assert bev1.get_partner() is None
     assert bev2.get_partner() is None
-    assert bev1.flush(EV_WRITE, FlushMode.FLUSH) == -1
+    with pytest.raises(BufferEventError, match="unlinked"):
+        bev1.flush(EV_WRITE, FlushMode.FLUSH)
+    assert event2.bufferevent_flush(bev1, EV_WRITE, FlushMode.FLUSH) == -1
     bev1.write(b"x")
     assert len(bev1.output) == 1  # it stays queued
     gevent.sleep(0.1)

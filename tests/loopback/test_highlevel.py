@@ -20,6 +20,7 @@ import gevent.event
 import gevent.socket
 import pytest
 
+import geventbev
 from geventbev import (
     EOL,
     EV_READ,
@@ -656,3 +657,27 @@ def test_makefile_readline_honours_settimeout(echo_sock: BufferEventSocket) -> N
         except Exception as exc:  # a socket's file raises socket.timeout
             result = exc
     assert isinstance(result, socket.timeout)
+
+
+def test_stop_frees_a_filter_the_killed_handler_stacked_on_its_connection():
+    made: list = []
+
+    def handler(bev):
+        stacked = geventbev.filter_new(
+            bev, None, None, free_context=lambda ctx: made.append("freed ctx")
+        )
+        made.append(stacked)
+        stacked.read_some()  # until stop() kills this handler
+
+    server = geventbev.serve(("127.0.0.1", 0), handler)
+    client = socket.create_connection(server.address, timeout=5)
+    try:
+        deadline = time.monotonic() + 5
+        while not made and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        server.stop(timeout=0.1)
+        stacked = made[0]
+        assert stacked.freed and stacked.get_underlying().freed
+        assert made[1:] == ["freed ctx"]
+    finally:
+        client.close()
