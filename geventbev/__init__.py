@@ -19,7 +19,7 @@ from .errors import (
     LineTooLongError,
     UnsupportedOperation,
 )
-from .filter import FilterBufferEvent, filter_new
+from .filter import FilterBufferEvent, filter_new, wait_lingering
 from .highlevel import BufferEventSocket, Server, connect, serve
 from .listener import Listener
 from .pair import PairBufferEvent, pair_new
@@ -47,5 +47,6 @@ __all__ = [
     "pair_new",
     "serve",
     "socket_new",
+    "wait_lingering",
     *_constants.__all__,
 ]

@@ -7,11 +7,21 @@ A bufferevent is two Buffers (``input`` and ``output``), three user
 callbacks, and the rules that decide when those callbacks run.  Kinds
 (socket, pair, filter, TLS) only move bytes: they implement a handful of
 hooks (``_kind_start``, ``_kind_stop``, ``_kind_output_grew``,
-``_kind_flush``, ``_kind_free``) and report what happened through
-``_bytes_read`` and ``_report_event`` (and drain their output, which the
-output watcher notices).  Everything else
-lives here once: watermarks, enable/disable, suspension, timeouts, deferred
-callbacks and the blocking-style methods.
+``_kind_flush``, ``_kind_free``, and the questions ``_kind_busy``,
+``_kind_output_settled``, ``_kind_io_greenlet``, ``_has_pending_work``)
+and report what happened through ``_bytes_read`` and ``_report_event``
+(and drain their output, which the output watcher notices).  Everything
+else lives here once: watermarks, enable/disable, suspension, timeouts,
+deferred callbacks and the blocking-style methods.
+
+Layers.  A filter on top of this bufferevent sets ``_upper`` and owns our
+callbacks.  While it cannot take bytes it suspends our reading
+(SUSPEND_FILT_READ), and it may set ``_read_cap``: the most input we hold
+while it is not taking any, which a socket also applies to each read and a
+pair to each transfer.  Progress in our output counts as write progress
+for every filter above.  ``_stranded`` says why nothing can ever move
+again without an error event (a pair end whose partner was freed):
+blocking calls that would wait forever raise with it instead.
 
 Enabled versus suspended.  ``enabled`` is what the user asked for.
 Suspension is the library's own reason not to move bytes right now (the

@@ -77,8 +77,12 @@ DEFAULT_LEVEL = 6
 #: overshot by up to this much.
 _MIN_SLICE = 4096
 
-#: Input bytes inflated per step when the output is limited, so that one
-#: step never copies a huge source buffer only to use a little of it.
+#: The least input copied out per step when the output is limited: a step
+#: copies ``max(dst_limit, this)`` bytes of the source (compressed input
+#: inflates to at least its own size, so that is never too little) and
+#: leaves what zlib did not use in the source.  Known cost: with a large
+#: limit (the relay's 256 KiB) and a small need, a step copies more
+#: compressed input than it uses.
 _LIMITED_STEP = 1 << 16
 
 

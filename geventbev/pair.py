@@ -73,7 +73,11 @@ class PairBufferEvent(BufferEvent):
         return super().__repr__()[:-1] + f" {linked}>"
 
     def get_partner(self) -> Optional[PairBufferEvent]:
-        """The other end, or None once either end was freed."""
+        """The other end of the pair.
+
+        Returns:
+            The partner, or None once either end was freed.
+        """
         return self._partner
 
     # -- the data path ------------------------------------------------------
@@ -296,7 +300,8 @@ def pair_new(
         ``(bev0, bev1)``, each the other's partner.
 
     Raises:
-        TypeError, ValueError: bad ``options`` or ``base``.
+        TypeError: ``options`` is not an int, or ``base`` not an EventBase.
+        ValueError: ``options`` has unknown bits.
     """
     first = PairBufferEvent(base, options)
     second = PairBufferEvent(first.base, options)

@@ -431,7 +431,10 @@ class Relay:
             self.on_close(conn)
 
     def wire_summary(self, up: int, down: int, wire_up: int, wire_down: int) -> str:
-        """The log-line clause comparing payload and zlib wire bytes."""
+        """The log-line clause comparing payload and zlib wire bytes ("" for
+        a relay without compression)."""
+        if not (self.compress_connect or self.compress_listen):
+            return ""
         where = {
             (True, False): "zlib link to backend",
             (False, True): "zlib link to client",
