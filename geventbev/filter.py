@@ -225,6 +225,13 @@ class FilterBufferEvent(BufferEvent):
         try:
             result = fn(src, dst, limit, mode, self._filter_ctx)
         except Exception as exc:
+            # Known shortcoming: a user's add_cb callback on one of these
+            # buffers that raises (say a byte counter on the underlying's
+            # output) raises out of the filter function's add/remove, so it
+            # is reported as this filter failing (ERROR on the direction),
+            # where sockets and pairs hand such errors to the hub's error
+            # handler and go on.  Telling the two apart would need a hook
+            # in every Buffer operation the filter function may call.
             self._filter_failed(output, exc)
             return None
         finally:
