@@ -520,6 +520,13 @@ class BufferEvent:
         """True while the kind has work of its own (connecting, lookup)."""
         return False
 
+    def _timeout_armed(self) -> bool:
+        """True while a read or write timeout is counting."""
+        return any(
+            timer is not None and timer.armed
+            for timer in (self._read_timer, self._write_timer)
+        )
+
     def _reading_wanted(self) -> bool:
         return bool(self._enabled & _READ) and not self._read_suspended
 
@@ -607,12 +614,8 @@ class BufferEvent:
     def _read_budget(self) -> int:
         """How many bytes one read may take now (max single read, read-high,
         and the cap a filter on top may set)."""
-        budget = self._max_single_read
-        if self._read_high:
-            budget = min(budget, self._read_high - len(self.input))
-        if self._read_cap:
-            budget = min(budget, self._read_cap - len(self.input))
-        return budget
+        room = self._input_room()
+        return self._max_single_read if room < 0 else min(room, self._max_single_read)
 
     def _input_room(self) -> int:
         """How many more bytes the input may take now; -1 for no limit."""

@@ -691,13 +691,9 @@ class FilterBufferEvent(BufferEvent):
         # a filter only adds its timeouts and the work its pumps hold.
         if self._freed:
             return False
-        if any(
-            timer is not None and timer.armed
-            for timer in (self._read_timer, self._write_timer)
-        ):
-            return True
         return (
-            self._wants_input_run()
+            self._timeout_armed()
+            or self._wants_input_run()
             or (self._out_dirty and bool(len(self.output)) and self._writing_wanted())
             or self._shutdown_pending
         )

@@ -275,12 +275,7 @@ class PairBufferEvent(BufferEvent):
         # when other code writes them, and that code is what dispatch must
         # wait for, not this end (libevent's dispatch returns too).  Only an
         # armed timeout is an event still to come.
-        if self._freed:
-            return False
-        return any(
-            timer is not None and timer.armed
-            for timer in (self._read_timer, self._write_timer)
-        )
+        return not self._freed and self._timeout_armed()
 
 
 def pair_new(
