@@ -367,15 +367,7 @@ class Buffer:
             raise _refused("add_buffer", front=False)
         if other._front_frozen:
             raise _refused("add_buffer (source)", front=True)
-        orig, n = self._len, other._len
-        if self._chunks:
-            self._extend(other._detach_all(), n)
-        else:
-            # Swapping deques makes moving into an empty buffer O(1).
-            self._chunks, other._chunks = other._chunks, self._chunks
-            self._off, other._off = other._off, 0
-            self._len, other._len = n, 0
-        _notify_move(other, n, self, orig, n)
+        other._move_internal(self)
 
     def expand(self, n: int) -> None:
         """Prepare room for *n* more bytes (libevent's evbuffer_expand).
@@ -566,18 +558,7 @@ class Buffer:
             raise _refused("remove_buffer (destination)", front=False)
         if self._front_frozen:
             raise _refused("remove_buffer", front=True)
-        if n > self._len:
-            n = self._len
-        if not n:
-            return 0
-        orig_src, orig_dst = self._len, dst._len
-        if n == self._len:
-            moved = self._detach_all()
-        else:
-            moved = self._split_front(n)
-        dst._extend(moved, n)
-        _notify_move(self, orig_src, dst, orig_dst, n)
-        return n
+        return self._move_internal(dst, n)
 
     def readln(self, eol: EOL | int = EOL.CRLF) -> Optional[bytes]:
         """Remove one line from the front and return it without its end.
@@ -882,8 +863,10 @@ class Buffer:
         """Move up to *n* bytes (all when negative) to *dst*'s end,
         regardless of freezing at either end; returns the bytes moved.
 
-        The door pairs and filters use to hand bytes between their own
-        buffers.  Callbacks run as for ``remove_buffer``.
+        ``add_buffer`` and ``remove_buffer`` end here after their checks;
+        pairs and filters use it directly to hand bytes between their own
+        buffers.  This buffer's callbacks run first (bytes deleted), then
+        *dst*'s (bytes added).
         """
         orig_src = self._len
         if n < 0 or n > orig_src:

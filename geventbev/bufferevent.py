@@ -706,9 +706,10 @@ class BufferEvent:
         timer = self._read_timer
         if timer is not None:
             timer.last_activity = time.monotonic()
-        if self._read_high and len(self.input) >= self._read_high:
-            self._check_read_high()
-        if self._read_cap and len(self.input) >= self._read_cap:
+        held = len(self.input)
+        if (self._read_high and held >= self._read_high) or (
+            self._read_cap and held >= self._read_cap
+        ):
             self._check_read_limits()
         self._trigger_read()
         if self._waiting:
@@ -889,6 +890,21 @@ class BufferEvent:
             # cyclic garbage collection.  Nothing can run them any more.
             self.input._watcher = self.output._watcher = None
             self._read_timer = self._write_timer = None
+
+    def _drain_and_free(self, timeout: float) -> Optional[tuple]:
+        """Send what is queued (bounded by ``timeout`` seconds), then free.
+
+        Returns:
+            None when everything went out, else ``(unsent bytes, the
+            exception that ended the wait)`` for the caller to log.
+        """
+        try:
+            self.drain(timeout=timeout)
+            return None
+        except (BufferEventError, TimeoutError) as exc:
+            return len(self.output), exc
+        finally:
+            self.free()
 
     def _check_alive(self) -> None:
         if self._freed:

@@ -395,21 +395,24 @@ class FilterBufferEvent(BufferEvent):
             held = min(held, self._read_cap) if held else self._read_cap
         return max(UNDERLYING_READ_CAP, held) if held else 0
 
+    def _push_read_cap(self) -> None:
+        """Give the underlying the read-ahead bound this filter has now."""
+        if not self._under.freed:
+            self._under._set_read_cap(self._read_ahead_cap())
+            self._sync_under_read()
+
     def _set_read_cap(self, cap: int) -> None:
         # A filter above bounds this one: pass the bound on down, so that a
         # writer at the bottom of the stack meets it.
         self._read_cap = cap
-        if not self._under.freed:
-            self._under._set_read_cap(self._read_ahead_cap())
-            self._sync_under_read()
+        self._push_read_cap()
 
     def setwatermark(self, what: int, low: int, high: int) -> None:
         """As for every bufferevent; a read high watermark also caps how far
         the underlying reads ahead (module docstring)."""
         super().setwatermark(what, low, high)
-        if what & _READ and not self._under.freed:
-            self._under._set_read_cap(self._read_ahead_cap())
-            self._sync_under_read()
+        if what & _READ:
+            self._push_read_cap()
 
     # -- the pumps ----------------------------------------------------------
 
@@ -803,22 +806,15 @@ def wait_lingering(timeout: Optional[float] = None, stop: Any = None) -> int:
 
 def _drain_then_free(under: BufferEvent) -> None:
     """Let a freed filter's underlying send what it holds, then free it."""
-    try:
-        under.disable(EV_READ)
-        under.drain(timeout=FREE_DRAIN_TIMEOUT)
-    except Exception as exc:  # the peer is gone or too slow: nothing to save
-        unsent = 0 if under.freed else len(under.output)
+    if under.freed:  # an abortive close freed it meanwhile
+        return
+    under.disable(EV_READ)
+    failed = under._drain_and_free(FREE_DRAIN_TIMEOUT)
+    if failed is not None:  # the peer is gone or too slow: nothing to save
         # A peer that went away is its own news; one that stalled past the
         # timeout is worth a warning.
-        log = logger.warning if isinstance(exc, TimeoutError) else logger.debug
-        log(
-            "%r: closed with %d bytes unsent from a freed filter: %s",
-            under,
-            unsent,
-            exc,
-        )
-    finally:
-        under.free()
+        log = logger.warning if isinstance(failed[1], TimeoutError) else logger.debug
+        log("%r: closed with %d bytes unsent from a freed filter: %s", under, *failed)
 
 
 def filter_new(

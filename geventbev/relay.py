@@ -309,17 +309,11 @@ class RelayConnection:
 
     def _drain_then_free(self, bev: BufferEvent) -> None:
         bev.setcb(None, None, None)
-        try:
-            bev.drain(timeout=self.relay.close_timeout)
-        except Exception as exc:  # an error or timeout: the peer is gone
+        failed = bev._drain_and_free(self.relay.close_timeout)
+        if failed is not None:  # an error or timeout: the peer is gone
             logger.debug(
-                "#%d: could not send the last %d bytes: %s",
-                self.ident,
-                len(bev.output),
-                exc,
+                "#%d: could not send the last %d bytes: %s", self.ident, *failed
             )
-        finally:
-            bev.free()
 
 
 class Relay:
