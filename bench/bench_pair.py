@@ -40,7 +40,6 @@ import random
 import resource
 import shlex
 import signal
-import subprocess
 import sys
 import time
 import zlib
@@ -49,9 +48,11 @@ from typing import Any, Callable, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # Measure the library of this checkout, not some installed copy.
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, HERE):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
+import bench_common  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.queue  # noqa: E402
@@ -796,39 +797,6 @@ def run_once(row: Row, arg: Any, mib: float, profile_dir: Optional[str]) -> Resu
 # -- report ----------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _git_revision() -> str:
-    """`` at <commit>`` (``+changes`` when geventbev/ differs), or ""."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", ROOT, "status", "--porcelain", "--", "geventbev"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f" at {head}{'+changes' if dirty else ''}"
-
-
 def _machine_lines(opts: argparse.Namespace) -> List[str]:
     import greenlet
 
@@ -840,12 +808,12 @@ def _machine_lines(opts: argparse.Namespace) -> List[str]:
         for a in [sys.executable, os.path.relpath(__file__)] + sys.argv[1:]
     )
     return [
-        f"machine: {_cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
-        f"{platform.release()}; {pin}",
+        f"machine: {bench_common.cpu_model()}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.release()}; {pin}",
         f"software: Python {platform.python_version()}, gevent "
         f"{gevent.__version__} (loop: {gevent.config.loop.__module__}), greenlet "
         f"{greenlet.__version__}, zlib {zlib.ZLIB_RUNTIME_VERSION}, geventbev "
-        f"{geventbev.__version__}{_git_revision()}",
+        f"{geventbev.__version__}{bench_common.git_revision()}",
         f"command: {command}",
     ]
 
@@ -1030,30 +998,7 @@ def _print_profiles(directory: str, top: int, names: List[str]) -> None:
         pstats.Stats(path).sort_stats("tottime").print_stats(top)
 
 
-def _load_average() -> Optional[float]:
-    try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 # -- command line ------------------------------------------------------------------
-
-
-def _parse_impls(text: str) -> List[str]:
-    impls = [s.strip() for s in text.split(",") if s.strip()]
-    for impl in impls:
-        if impl not in IMPLS:
-            known = ", ".join(IMPLS)
-            raise argparse.ArgumentTypeError(f"unknown impl {impl!r} (known: {known})")
-    if not impls:
-        raise argparse.ArgumentTypeError("no implementation given")
-    return impls
-
-
-def _parse_cpu(text: str) -> Optional[str]:
-    return None if text.lower() in ("", "none", "no") else text
 
 
 def _cpu_set(text: str) -> set:
@@ -1072,13 +1017,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="runs per row; best kept")
     p.add_argument(
         "--impl",
-        type=_parse_impls,
+        type=lambda text: bench_common.parse_impls(text, IMPLS),
         default=list(IMPLS),
         help="comma-separated rows: " + ", ".join(IMPLS),
     )
     p.add_argument(
         "--cpu",
-        type=_parse_cpu,
+        type=bench_common.parse_cpu,
         default="0",
         help="CPU list to pin this process to (default 0; 'none': no pinning)",
     )
@@ -1146,7 +1091,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             path = os.path.join(opts.profile, f"{name}.prof")
             if os.path.exists(path):
                 os.remove(path)
-    load = _load_average()
+    load = bench_common.load_average()
     sizes = {"stream": opts.mib * MIB, "zlib": opts.zlib_mib * MIB}
     workloads = {IMPLS[name].workload for name in opts.impl}
     zwork = None

@@ -44,6 +44,7 @@ for _path in (ROOT, HERE):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import bench_common  # noqa: E402
 import socket_impls  # noqa: E402
 
 MIB = 1 << 20
@@ -240,17 +241,6 @@ def _check(test: str, size: int, res: Dict[str, Any], sres: Dict[str, Any]) -> N
         )
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _versions() -> str:
     import gevent
     import greenlet
@@ -261,30 +251,8 @@ def _versions() -> str:
         f"Python {platform.python_version()}, gevent {gevent.__version__} "
         f"(loop: {gevent.config.loop.__module__}), "
         f"greenlet {greenlet.__version__}, geventbev {geventbev.__version__}"
-        f"{_git_revision()}"
+        f"{bench_common.git_revision()}"
     )
-
-
-def _git_revision() -> str:
-    """`` at <commit>`` (``+changes`` when geventbev/ differs), or ""."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", ROOT, "status", "--porcelain", "--", "geventbev"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f" at {head}{'+changes' if dirty else ''}"
 
 
 def _machine_lines(opts: argparse.Namespace, pinned: bool) -> List[str]:
@@ -300,7 +268,7 @@ def _machine_lines(opts: argparse.Namespace, pinned: bool) -> List[str]:
         for a in [sys.executable, os.path.relpath(__file__)] + sys.argv[1:]
     )
     return [
-        f"machine: {_cpu_model()}, {cores} cores, {platform.system()} "
+        f"machine: {bench_common.cpu_model()}, {cores} cores, {platform.system()} "
         f"{platform.release()}; {pin}",
         f"software: {_versions()}",
         f"command: {command}",
@@ -422,21 +390,6 @@ def _print_profiles(directory: str, top: int) -> None:
         stats.sort_stats("tottime").print_stats(top)
 
 
-def _parse_impls(text: str) -> List[str]:
-    impls = [s.strip() for s in text.split(",") if s.strip()]
-    for impl in impls:
-        if impl not in socket_impls.IMPLS:
-            known = ", ".join(socket_impls.IMPLS)
-            raise argparse.ArgumentTypeError(f"unknown impl {impl!r} (known: {known})")
-    if not impls:
-        raise argparse.ArgumentTypeError("no implementation given")
-    return impls
-
-
-def _parse_cpu(text: str) -> Optional[str]:
-    return None if text.lower() in ("", "none", "no") else text
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bulk-mib", type=int, default=256, help="MiB per bulk run")
@@ -444,13 +397,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="runs per row; best kept")
     p.add_argument(
         "--impl",
-        type=_parse_impls,
+        type=lambda text: bench_common.parse_impls(text, socket_impls.IMPLS),
         default=list(socket_impls.IMPLS),
         help="comma-separated rows: " + ", ".join(socket_impls.IMPLS),
     )
     p.add_argument(
         "--cpu",
-        type=_parse_cpu,
+        type=bench_common.parse_cpu,
         default="0",
         help="taskset -c list for both processes (default 0; 'none': no pinning)",
     )
@@ -474,14 +427,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return p
-
-
-def _load_average() -> Optional[float]:
-    try:
-        with open("/proc/loadavg") as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _run_all(opts: argparse.Namespace, sizes: Dict[str, int]) -> Dict[str, Row]:
@@ -587,7 +532,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("twisted: not installed, no Twisted row", file=sys.stderr)
     else:
         print("twisted: installed, but there is no Twisted row", file=sys.stderr)
-    load = _load_average()
+    load = bench_common.load_average()
     sizes = {"bulk": opts.bulk_mib * MIB, "rtt": opts.roundtrips}
     results = _run_all(opts, sizes)
     _report(opts, results, pinned, load)
