@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import gevent
 import gevent.socket
 import pytest
+from loopback_helpers import recv_until_eof
 
 from geventbev import (
     EV_READ,
@@ -619,15 +620,6 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
             break
         got += data
     return bytes(got)
-
-
-def recv_until_eof(sock: socket.socket) -> bytes:
-    got = bytearray()
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return bytes(got)
-        got += data
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

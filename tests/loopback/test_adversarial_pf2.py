@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import gevent
 import gevent.socket
 import pytest
+from loopback_helpers import echo_handler, recv_until_eof, rss_kib
 
 from geventbev import (
     EV_READ,
@@ -76,37 +77,6 @@ def greenlets() -> Iterator[list]:
     gevent.killall(spawned, timeout=2)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of process ``pid`` in MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise LookupError(f"no VmRSS for pid {pid}")
-
-
-def recv_until_eof(sock: Any, limit: int = 64 * MIB) -> bytes:
-    """Everything ``sock`` receives until the peer's EOF (bounded)."""
-    parts = []
-    total = 0
-    while True:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        total += len(chunk)
-        assert total <= limit, "the peer sent more than expected"
-
-
-def echo_handler(conn: socket.socket, backend: Any) -> None:
-    while True:
-        data = conn.recv(1 << 16)
-        if not data:
-            conn.shutdown(socket.SHUT_WR)
-            return
-        conn.sendall(data)
-
-
 def hold_without_reading(conn: socket.socket, backend: Any) -> None:
     """A backend that accepts and never reads (a stalled receiver)."""
     while not backend.stopping:
@@ -153,7 +123,7 @@ def test_zlib_bomb_to_a_compress_listen_relay_is_bounded_by_backpressure(
     # compresses to the same bytes: the stream can go on forever.
     body = compressor.compress(zeros) + compressor.flush(zlib.Z_SYNC_FLUSH)
     time.sleep(0.2)
-    baseline = rss_mib(relay.pid)
+    baseline = rss_kib(relay.pid) / 1024
     clients = []
     try:
         for _ in range(2):
@@ -171,7 +141,7 @@ def test_zlib_bomb_to_a_compress_listen_relay_is_bounded_by_backpressure(
                 except BlockingIOError:
                     continue
                 entry[1] = (offset + sent) % len(body)
-            peak = max(peak, rss_mib(relay.pid))
+            peak = max(peak, rss_kib(relay.pid) / 1024)
             time.sleep(0.002)
     finally:
         for sock, _ in clients:

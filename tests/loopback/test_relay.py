@@ -6,6 +6,7 @@ conftest.py); clients are blocking stdlib sockets with timeouts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -20,9 +21,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import loopback_helpers
 import pytest
+from loopback_helpers import echo_handler, rss_kib
 
 MIB = 1 << 20
+# The relay tests move up to 256 MiB through one connection.
+recv_until_eof = functools.partial(loopback_helpers.recv_until_eof, limit=256 * MIB)
 
 #: The INFO line the relay logs when a connection closes; groups: ident,
 #: client address, up bytes, down bytes, reason.
@@ -47,38 +52,6 @@ def sha256_of_stream(read, size_hint: int = 1 << 16) -> tuple:
 def pattern_block(seed: int, size: int = MIB) -> bytes:
     """``size`` pseudo-random bytes, the same for the same seed."""
     return random.Random(seed).randbytes(size)
-
-
-def recv_until_eof(sock: socket.socket, limit: int = 256 * MIB) -> bytes:
-    """Everything ``sock`` receives until the peer's EOF."""
-    parts = []
-    total = 0
-    while True:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        total += len(chunk)
-        assert total <= limit, "peer sent more than expected"
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` in KiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise LookupError(f"no VmRSS in /proc/{pid}/status")
-
-
-def echo_handler(conn: socket.socket, backend: Any) -> None:
-    """Send back everything received; half-close after the client's EOF."""
-    while True:
-        data = conn.recv(1 << 16)
-        if not data:
-            conn.shutdown(socket.SHUT_WR)
-            return
-        conn.sendall(data)
 
 
 def reply_after_eof_handler(conn: socket.socket, backend: Any) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import pytest
+from loopback_helpers import echo_handler, recv_until_eof, rss_kib
 
 MIB = 1 << 20
 
@@ -131,18 +132,6 @@ def start_tunnel(start_relay) -> Any:
     return start
 
 
-def recv_until_eof(sock: socket.socket, limit: int = 64 * MIB) -> bytes:
-    parts = []
-    total = 0
-    while True:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        total += len(chunk)
-        assert total <= limit, "peer sent more than expected"
-
-
 def reply_after_eof_handler(conn: socket.socket, backend: Any) -> None:
     """Read until EOF, then answer ``b"<count> <sha256 hex>\\n"`` and close."""
     digest = hashlib.sha256()
@@ -154,23 +143,6 @@ def reply_after_eof_handler(conn: socket.socket, backend: Any) -> None:
         digest.update(chunk)
         count += len(chunk)
     conn.sendall(f"{count} {digest.hexdigest()}\n".encode())
-
-
-def echo_handler(conn: socket.socket, backend: Any) -> None:
-    while True:
-        data = conn.recv(1 << 16)
-        if not data:
-            conn.shutdown(socket.SHUT_WR)
-            return
-        conn.sendall(data)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise LookupError(f"no VmRSS in /proc/{pid}/status")
 
 
 # -- bulk: 50 MiB of text over HTTP -----------------------------------------
