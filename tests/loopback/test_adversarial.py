@@ -12,7 +12,6 @@ import array
 import gc
 import os
 import re
-import select
 import socket
 import struct
 import subprocess
@@ -29,6 +28,7 @@ import gevent.event
 import gevent.server
 import gevent.socket
 import pytest
+from loopback_helpers import read_line_with_timeout, stop_process, subprocess_env
 
 from geventbev import (
     EOL,
@@ -49,55 +49,6 @@ DEFER = Option.DEFER_CALLBACKS
 
 
 # -- helpers -----------------------------------------------------------------
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def subprocess_env() -> dict:
-    """Our environment with the repository first on PYTHONPATH."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [REPO_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
-    """The next line ``proc`` prints ('' if it exits); TimeoutError if none
-    comes within ``timeout`` seconds.  What was read of a line when the
-    time ran out is kept for the next call (callers poll in short steps)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    data = getattr(proc, "_partial_line", b"")
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            proc._partial_line = data  # type: ignore[attr-defined]
-            raise TimeoutError(f"no line within {timeout} s: {data!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            byte = os.read(fd, 1)  # one at a time: never read past the line
-            if not byte:
-                break
-            data += byte
-    proc._partial_line = b""  # type: ignore[attr-defined]
-    return data.decode().strip()
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Terminate ``proc`` by its pid, kill it if it lingers, reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 def reset(sock: Any) -> None:
