@@ -21,20 +21,13 @@ from typing import Any, Callable, Iterator
 import pytest
 from loopback_helpers import (
     REPO_ROOT,
+    free_port,
     read_line_with_timeout,
     stop_process,
     subprocess_env,
 )
 
 MIB = 1 << 20
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to 0, read it, close)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_accepting(address: tuple, timeout: float = 10.0) -> None:

@@ -101,3 +101,11 @@ def read_line_with_timeout(proc: subprocess.Popen, timeout: float) -> str:
     line, _, rest = data.partition(b"\n")
     proc._partial_line = rest  # type: ignore[attr-defined]  # the next line's
     return line.decode()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bind to 0, read it, close)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -28,7 +28,12 @@ import gevent.event
 import gevent.server
 import gevent.socket
 import pytest
-from loopback_helpers import read_line_with_timeout, stop_process, subprocess_env
+from loopback_helpers import (
+    free_port,
+    read_line_with_timeout,
+    stop_process,
+    subprocess_env,
+)
 
 from geventbev import (
     EOL,
@@ -103,12 +108,6 @@ def tcp() -> Iterator[_Tcp]:
     sockets = _Tcp()
     yield sockets
     sockets.close_all()
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_in_own_hub(
@@ -575,7 +574,7 @@ def test_free_from_inside_each_callback(tcp, point, options, run_until):
     bev.setcb(readcb, writecb, eventcb)
     bev.enable(EV_READ | EV_WRITE)
     if point == "refused":
-        bev.connect(("127.0.0.1", unused_port()))
+        bev.connect(("127.0.0.1", free_port()))
     else:
         bev.connect(tcp.address)
         peer = tcp.accept()

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import gevent
 import gevent.socket
 import pytest
+from loopback_helpers import free_port
 
 from geventbev import (
     EOL,
@@ -60,12 +61,6 @@ def wait_for(predicate: Any, timeout: float = 2.0) -> bool:
             return False
         gevent.sleep(0.005)
     return True
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def collect_for(sock: Any, seconds: float) -> bytes:
@@ -228,7 +223,7 @@ def test_nothing_follows_the_error_of_a_failed_connect(options):
     bev.set_timeouts(read=0.05, write=0.05)
     bev.enable(EV_READ | EV_WRITE)
     bev.write(b"queued before the connect")
-    bev.connect(("127.0.0.1", unused_port()))
+    bev.connect(("127.0.0.1", free_port()))
     assert wait_for(lambda: events, timeout=2)
     gevent.sleep(0.2)
     bev.free()
@@ -690,7 +685,7 @@ def test_sockets_made_by_connect_are_closed_without_close_on_free(
             bev.connect(echo_server.address)
             bev.wait_connected(timeout=2)
         elif outcome == "refused":
-            bev.connect(("127.0.0.1", unused_port()))
+            bev.connect(("127.0.0.1", free_port()))
             with pytest.raises(BufferEventError):
                 bev.wait_connected(timeout=2)
         else:
