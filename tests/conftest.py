@@ -28,7 +28,7 @@ import gevent.socket
 import pytest
 
 from geventbev import SocketBufferEvent, get_default_base, socket_new
-from geventbev.constants import Option
+from geventbev.constants import EV_READ, EV_WRITE, Option
 
 #: Seconds a single test may stay blocked before the watchdog fails it.
 TEST_DEADLINE = 30.0
@@ -237,3 +237,40 @@ def make_bev_with_peer(
 def bev_with_peer(make_bev_with_peer: Callable[..., tuple]) -> tuple:
     """A socket bufferevent and the raw socket at its other end."""
     return make_bev_with_peer()
+
+
+def _a15_timeouts(bev1: Any, bev2: Any) -> list:
+    """libevent's A15 timeout scenario on two connected bufferevents.
+
+    bev1: read timeout 0.15 s, write timeout 0.1 s, 7 bytes queued, reading
+    and writing enabled.  bev2: reading disabled, read 0.1 s / write 0.2 s,
+    writing enabled with nothing queued.  Runs 0.35 s and returns every
+    callback as ``(name, what, seconds since the start)``, where name is
+    "bev1"/"bev2" and what is "read", "write" or the event flags.
+    """
+    log: list = []
+    start = time.monotonic()
+
+    def eventcb(bev: Any, what: int, ctx: Any) -> None:
+        log.append((ctx, int(what), time.monotonic() - start))
+
+    def datacb(name: str) -> Any:
+        return lambda bev, ctx: log.append((ctx, name, time.monotonic() - start))
+
+    bev1.setcb(datacb("read"), datacb("write"), eventcb, "bev1")
+    bev2.setcb(datacb("read"), datacb("write"), eventcb, "bev2")
+    bev1.set_timeouts(read=0.15, write=0.1)
+    bev1.write(b"ABCDEFG")
+    bev1.enable(EV_READ | EV_WRITE)
+    bev2.disable(EV_READ)
+    bev2.set_timeouts(read=0.1, write=0.2)
+    bev2.enable(EV_WRITE)
+    gevent.sleep(0.35)
+    return log
+
+
+@pytest.fixture
+def a15_timeouts() -> Callable[[Any, Any], list]:
+    """``a15_timeouts(bev1, bev2) -> log``: libevent's A15 scenario, shared
+    by the pair and filter variants."""
+    return _a15_timeouts

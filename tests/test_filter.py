@@ -234,7 +234,7 @@ def test_a11_output_filter_appending_to_its_own_bev_does_not_recurse(
 
 
 @pytest.mark.parametrize("kind", ["filter-over-pair", "filter-over-socketpair"])
-def test_a15_filter_timeouts(make_bev_pair, kind):
+def test_a15_filter_timeouts(make_bev_pair, kind, a15_timeouts):
     """A15 on pass-through filters: bev1 gets one READING|TIMEOUT at 0.15 s
     and, as its output emptied into the underlying, one write callback.
     geventbev departs on purpose (case C02): no WRITING|TIMEOUT while a
@@ -242,24 +242,7 @@ def test_a15_filter_timeouts(make_bev_pair, kind):
     base1, base2 = pair_new() if kind == "filter-over-pair" else make_bev_pair()
     bev1 = filter_new(base1, None, None, CLOSE)
     bev2 = filter_new(base2, None, None, CLOSE)
-    log: list = []
-    start = time.monotonic()
-
-    def eventcb(bev: Any, what: int, ctx: Any) -> None:
-        log.append((ctx, int(what), time.monotonic() - start))
-
-    def datacb(name: str) -> Any:
-        return lambda bev, ctx: log.append((ctx, name, time.monotonic() - start))
-
-    bev1.setcb(datacb("read"), datacb("write"), eventcb, "bev1")
-    bev2.setcb(datacb("read"), datacb("write"), eventcb, "bev2")
-    bev1.set_timeouts(read=0.15, write=0.1)
-    bev1.write(b"ABCDEFG")
-    bev1.enable(EV_READ | EV_WRITE)
-    bev2.disable(EV_READ)
-    bev2.set_timeouts(read=0.1, write=0.2)
-    bev2.enable(EV_WRITE)
-    gevent.sleep(0.35)
+    log = a15_timeouts(bev1, bev2)
 
     assert [(ctx, what) for ctx, what, _ in log] == [
         ("bev1", "write"),

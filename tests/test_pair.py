@@ -601,29 +601,12 @@ def test_socket_and_filter_bevs_have_no_partner(raw_sockets):
 # -- timeouts (libevent A15, pair variant) ------------------------------------
 
 
-def test_a15_pair_timeouts():
+def test_a15_pair_timeouts(a15_timeouts):
     """A15: bev1 gets one WRITING|TIMEOUT (0.1 s: the partner does not read)
     and one READING|TIMEOUT (0.15 s); bev2, writing enabled with nothing
     queued and reading disabled, gets no timeout and no callback."""
     bev1, bev2 = pair_new()
-    log: list = []
-    start = time.monotonic()
-
-    def eventcb(bev: Any, what: int, ctx: Any) -> None:
-        log.append((ctx, int(what), time.monotonic() - start))
-
-    def datacb(name: str) -> Any:
-        return lambda bev, ctx: log.append((ctx, name, time.monotonic() - start))
-
-    bev1.setcb(datacb("read"), datacb("write"), eventcb, "bev1")
-    bev2.setcb(datacb("read"), datacb("write"), eventcb, "bev2")
-    bev1.set_timeouts(read=0.15, write=0.1)
-    bev1.write(b"ABCDEFG")
-    bev1.enable(EV_READ | EV_WRITE)
-    bev2.disable(EV_READ)
-    bev2.set_timeouts(read=0.1, write=0.2)
-    bev2.enable(EV_WRITE)
-    gevent.sleep(0.35)
+    log = a15_timeouts(bev1, bev2)
 
     assert [entry[0] for entry in log] == ["bev1", "bev1"]
     (_, what1, when1), (_, what2, when2) = log
